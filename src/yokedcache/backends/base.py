@@ -1,0 +1,247 @@
+"""The backend contract: bytes in, bytes out.
+
+A backend stores opaque entry bodies under full keys (``<prefix>:<user key>``) together with the tag tokens
+captured for them, and keeps one random token per tag. It knows nothing of serialization, TTL policy or
+decorators. Every operation has a sync method and an async twin named with an ``a`` prefix (``get`` and
+``aget``), so the policy layer can drive the same logic from both faces without an event loop per call.
+
+Liveness is part of the contract: an entry is live while it is unexpired and every token it recorded still
+equals its tag's current token. ``get`` returns only live bodies, in one round trip where the store allows it.
+
+Transport failures (refused, reset, timeout) are raised as ``CacheConnectionError``; the policy layer turns
+them into misses when fallback is on.
+"""
+
+from __future__ import annotations
+
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+META_SEGMENT = "__yc__:"
+
+
+def new_token() -> str:
+    """A fresh random tag token. Random, not a counter: a lost counter restarts and old values come back."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class Inspected:
+    """A live entry's stored parts, for ``get_meta`` and listings."""
+
+    body: bytes
+    tags: tuple[str, ...]
+    ttl_ms: int | None
+
+
+class Backend(ABC):
+    """Storage for one namespace (``key_prefix``). Subclasses implement the sync and async methods."""
+
+    kind: str = "custom"
+
+    def __init__(self, key_prefix: str | None = None) -> None:
+        self.key_prefix_override = key_prefix
+        self.namespace = key_prefix or "yokedcache"
+
+    def bind(self, key_prefix: str) -> None:
+        """Called by the cache: the namespace is the backend's own ``key_prefix`` or the cache's."""
+        self.namespace = self.key_prefix_override or key_prefix
+
+    @property
+    def meta_prefix(self) -> str:
+        return f"{self.namespace}:{META_SEGMENT}"
+
+    @property
+    def token_prefix(self) -> str:
+        return f"{self.meta_prefix}t:"
+
+    @property
+    def count_prefix(self) -> str:
+        return f"{self.meta_prefix}n:"
+
+    def full_key(self, user_key: str) -> str:
+        return f"{self.namespace}:{user_key}"
+
+    def user_key(self, full_key: str) -> str:
+        return full_key[len(self.namespace) + 1 :]
+
+    # --- sync face -------------------------------------------------------------------------------
+    @abstractmethod
+    def get(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    @abstractmethod
+    def inspect(self, key: str) -> Inspected | None: ...
+
+    @abstractmethod
+    def capture_tokens(self, tags: Sequence[str]) -> list[str]:
+        """Current token of each tag, creating missing ones."""
+
+    @abstractmethod
+    def set(
+        self,
+        items: Sequence[tuple[str, bytes, int]],
+        tags: Sequence[str],
+        tokens: Sequence[str] | None,
+    ) -> bool:
+        """Store ``(key, body, ttl_ms)`` items carrying ``tags``.
+
+        ``tokens=None`` records the tags' current tokens. Otherwise ``tokens`` were captured before the
+        value was computed: if any of them is no longer current, nothing is stored and ``False`` returned
+        (the value was computed from data older than an invalidation).
+        """
+
+    @abstractmethod
+    def delete(self, keys: Sequence[str]) -> int:
+        """Remove entries; return how many were live."""
+
+    @abstractmethod
+    def ttl(self, key: str) -> int | None:
+        """Remaining milliseconds of a live entry, ``None`` if not live (``-1`` if it never expires)."""
+
+    @abstractmethod
+    def expire(self, key: str, ttl_ms: int) -> bool: ...
+
+    @abstractmethod
+    def invalidate(self, tags: Sequence[str]) -> int:
+        """Replace the tags' tokens; return the writes that carried them since their last invalidation."""
+
+    @abstractmethod
+    def scan(self, pattern: str, limit: int | None) -> list[str]:
+        """Full keys of live entries matching the glob ``pattern`` (already namespaced)."""
+
+    @abstractmethod
+    def flush(self) -> int:
+        """Remove every key of this namespace, entries and metadata; return how many."""
+
+    @abstractmethod
+    def ping(self) -> None: ...
+
+    @abstractmethod
+    def usage(self) -> tuple[int, int]:
+        """(entry count, bytes used) of this namespace, approximately."""
+
+    @abstractmethod
+    def add_counters(self, counters: dict[str, int]) -> None:
+        """Add to the shared counters of this namespace (fleet-wide stats)."""
+
+    @abstractmethod
+    def read_counters(self) -> dict[str, int]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # --- async face ------------------------------------------------------------------------------
+    @abstractmethod
+    async def aget(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    @abstractmethod
+    async def ainspect(self, key: str) -> Inspected | None: ...
+
+    @abstractmethod
+    async def acapture_tokens(self, tags: Sequence[str]) -> list[str]: ...
+
+    @abstractmethod
+    async def aset(
+        self,
+        items: Sequence[tuple[str, bytes, int]],
+        tags: Sequence[str],
+        tokens: Sequence[str] | None,
+    ) -> bool: ...
+
+    @abstractmethod
+    async def adelete(self, keys: Sequence[str]) -> int: ...
+
+    @abstractmethod
+    async def attl(self, key: str) -> int | None: ...
+
+    @abstractmethod
+    async def aexpire(self, key: str, ttl_ms: int) -> bool: ...
+
+    @abstractmethod
+    async def ainvalidate(self, tags: Sequence[str]) -> int: ...
+
+    @abstractmethod
+    async def ascan(self, pattern: str, limit: int | None) -> list[str]: ...
+
+    @abstractmethod
+    async def aflush(self) -> int: ...
+
+    @abstractmethod
+    async def aping(self) -> None: ...
+
+    @abstractmethod
+    async def ausage(self) -> tuple[int, int]: ...
+
+    @abstractmethod
+    async def aadd_counters(self, counters: dict[str, int]) -> None: ...
+
+    @abstractmethod
+    async def aread_counters(self) -> dict[str, int]: ...
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+
+class InProcessBackend(Backend):
+    """A backend with no I/O: its async face runs the sync methods directly (no thread hop, no loop)."""
+
+    async def aget(self, key: str) -> bytes | None:
+        return self.get(key)
+
+    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return self.get_many(keys)
+
+    async def ainspect(self, key: str) -> Inspected | None:
+        return self.inspect(key)
+
+    async def acapture_tokens(self, tags: Sequence[str]) -> list[str]:
+        return self.capture_tokens(tags)
+
+    async def aset(
+        self,
+        items: Sequence[tuple[str, bytes, int]],
+        tags: Sequence[str],
+        tokens: Sequence[str] | None,
+    ) -> bool:
+        return self.set(items, tags, tokens)
+
+    async def adelete(self, keys: Sequence[str]) -> int:
+        return self.delete(keys)
+
+    async def attl(self, key: str) -> int | None:
+        return self.ttl(key)
+
+    async def aexpire(self, key: str, ttl_ms: int) -> bool:
+        return self.expire(key, ttl_ms)
+
+    async def ainvalidate(self, tags: Sequence[str]) -> int:
+        return self.invalidate(tags)
+
+    async def ascan(self, pattern: str, limit: int | None) -> list[str]:
+        return self.scan(pattern, limit)
+
+    async def aflush(self) -> int:
+        return self.flush()
+
+    async def aping(self) -> None:
+        self.ping()
+
+    async def ausage(self) -> tuple[int, int]:
+        return self.usage()
+
+    async def aadd_counters(self, counters: dict[str, int]) -> None:
+        self.add_counters(counters)
+
+    async def aread_counters(self) -> dict[str, int]:
+        return self.read_counters()
+
+    async def aclose(self) -> None:
+        self.close()

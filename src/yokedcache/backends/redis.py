@@ -1,0 +1,489 @@
+"""Redis backend: redis-py (with hiredis when installed), a sync and an async client over blocking pools.
+
+Every read of an entry is one ``EVALSHA`` that also checks the entry's tag tokens; a tagged write is one
+script call. Async clients are kept per event loop, so one cache works across successive ``asyncio.run()``
+calls; the sync client never touches an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from ..exceptions import CacheConnectionError
+from ..keys import escape_glob
+from . import _redis_scripts as lua
+from .base import Backend, Inspected, new_token
+
+try:  # the `redis` extra
+    import redis as _redis
+    import redis.asyncio as _aredis
+    from redis.exceptions import ConnectionError as _RedisConnectionError
+    from redis.exceptions import ResponseError as _RedisResponseError
+    from redis.exceptions import TimeoutError as _RedisTimeoutError
+except ImportError:  # pragma: no cover - exercised only without the extra
+    _redis = None  # type: ignore[assignment]
+
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
+if _redis is not None:
+    _TRANSPORT_ERRORS = (_RedisConnectionError, _RedisTimeoutError, OSError, asyncio.TimeoutError)
+
+_SCAN_BATCH = 1000
+_HEADER_END = b"\x1d"
+
+
+@contextlib.contextmanager
+def _transport(url: str) -> Iterator[None]:
+    """Turn redis-py's transport failures into CacheConnectionError (the policy layer's signal)."""
+    try:
+        yield
+    except _TRANSPORT_ERRORS as exc:
+        raise CacheConnectionError(f"redis at {_safe_url(url)}: {type(exc).__name__}: {exc}") from exc
+
+
+def _safe_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def _split_frame(frame: bytes) -> tuple[tuple[str, ...], bytes]:
+    end = frame.find(_HEADER_END)
+    if end < 0:
+        return (), frame
+    header = frame[:end].decode("utf-8", "replace")
+    tags = tuple(pair.split("\x1f", 1)[0] for pair in header.split("\x1e") if pair)
+    return tags, frame[end + 1 :]
+
+
+def _parse_sentinel(url: str) -> tuple[list[tuple[str, int]], str, int, dict[str, Any]]:
+    parts = urlsplit(url)
+    hosts: list[tuple[str, int]] = []
+    hostpart = parts.netloc.rsplit("@", 1)[-1]
+    for item in hostpart.split(","):
+        host, _, port = item.partition(":")
+        hosts.append((host, int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError(f"sentinel URL needs a service name: {_safe_url(url)}")
+    service = path[0]
+    db = int(path[1]) if len(path) > 1 else 0
+    auth: dict[str, Any] = {}
+    if parts.username:
+        auth["username"] = unquote(parts.username)
+    if parts.password:
+        auth["password"] = unquote(parts.password)
+    if parts.scheme.startswith("rediss"):
+        auth["ssl"] = True
+    return hosts, service, db, auth
+
+
+class RedisBackend(Backend):
+    kind = "redis"
+
+    def __init__(
+        self,
+        redis_url: str = "redis://localhost:6379/0",
+        max_connections: int = 50,
+        connection_timeout: float = 30,
+        connection_pool_kwargs: dict[str, Any] | None = None,
+        key_prefix: str | None = None,
+        operation_timeout: float | None = None,
+    ) -> None:
+        if _redis is None:
+            raise ImportError("RedisBackend needs the 'redis' extra: pip install 'yokedcache[redis]'")
+        super().__init__(key_prefix)
+        self.redis_url = redis_url
+        self.max_connections = max_connections
+        self.connection_timeout = connection_timeout
+        self.operation_timeout = operation_timeout or connection_timeout
+        self.pool_kwargs = dict(connection_pool_kwargs or {})
+        self._sync: Any = None
+        self._sync_scripts: dict[str, Any] = {}
+        self._async: dict[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    # --- clients -----------------------------------------------------------------------------------
+    def _client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_connections": self.max_connections,
+            "socket_timeout": self.operation_timeout,
+            "socket_connect_timeout": min(self.connection_timeout, max(self.operation_timeout, 1.0)),
+            # the pool waits this long for a free connection instead of failing when all are busy
+            "timeout": self.connection_timeout,
+        }
+        kwargs.update(self.pool_kwargs)
+        return kwargs
+
+    def _make_client(self, module: Any) -> Any:
+        kwargs = self._client_kwargs()
+        if self.redis_url.startswith(("redis+sentinel", "rediss+sentinel")):
+            hosts, service, db, auth = _parse_sentinel(self.redis_url)
+            sentinel_mod = module.sentinel if hasattr(module, "sentinel") else _redis.sentinel
+            sentinel = sentinel_mod.Sentinel(
+                hosts, socket_timeout=kwargs["socket_timeout"], sentinel_kwargs=None, **auth
+            )
+            return sentinel.master_for(service, db=db, socket_timeout=kwargs["socket_timeout"])
+        pool = module.BlockingConnectionPool.from_url(self.redis_url, **kwargs)
+        return module.Redis(connection_pool=pool)
+
+    def _register(self, client: Any) -> dict[str, Any]:
+        names = ("GET", "INSPECT", "DELETE", "ALIVE", "TTL", "EXPIRE", "CAPTURE", "SET", "INVALIDATE")
+        return {name: client.register_script(getattr(lua, name)) for name in names}
+
+    def _sync_client(self) -> tuple[Any, dict[str, Any]]:
+        if self._sync is None:
+            with self._lock:
+                if self._sync is None:
+                    client = self._make_client(_redis)
+                    self._sync_scripts = self._register(client)
+                    self._sync = client
+        return self._sync, self._sync_scripts
+
+    def _async_client(self) -> tuple[Any, dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        found = self._async.get(loop)
+        if found is None:
+            for old in [lp for lp in self._async if lp.is_closed()]:
+                del self._async[old]  # its connections died with it
+            client = self._make_client(_aredis)
+            found = self._async[loop] = (client, self._register(client))
+        return found
+
+    def pool_status(self) -> dict[str, int]:
+        """Connections of the sync pool: a blocking pool's queue holds the free slots."""
+        client = self._sync
+        in_use = 0
+        if client is not None:
+            queue = getattr(client.connection_pool, "pool", None)
+            if queue is not None:
+                in_use = self.max_connections - queue.qsize()
+        return {"available": self.max_connections - in_use, "in_use": in_use, "max": self.max_connections}
+
+    # --- argument builders shared by both faces ----------------------------------------------------
+    def _set_args(
+        self, items: Sequence[tuple[str, bytes, int]], tags: Sequence[str], tokens: Sequence[str] | None
+    ) -> list[Any]:
+        args: list[Any] = [self.token_prefix, self.count_prefix, "c" if tokens is None else "k", len(tags)]
+        for tag, token in zip(tags, tokens if tokens is not None else [new_token() for _ in tags]):
+            args += (tag, token)
+        for _, body, ttl_ms in items:
+            args += (body, ttl_ms)
+        return args
+
+    def _capture_args(self, tags: Sequence[str]) -> list[Any]:
+        args: list[Any] = [self.token_prefix]
+        for tag in tags:
+            args += (tag, new_token())
+        return args
+
+    def _invalidate_args(self, tags: Sequence[str]) -> list[Any]:
+        args: list[Any] = [self.token_prefix, self.count_prefix]
+        for tag in tags:
+            args += (tag, new_token())
+        return args
+
+    @staticmethod
+    def _inspected(found: Any) -> Inspected | None:
+        if not found:
+            return None
+        frame, pttl = found
+        tags, body = _split_frame(frame)
+        return Inspected(body, tags, None if pttl < 0 else int(pttl))
+
+    # --- sync face ---------------------------------------------------------------------------------
+    def get(self, key: str) -> bytes | None:
+        _, scripts = self._sync_client()
+        with _transport(self.redis_url):
+            try:
+                result: bytes | None = scripts["GET"](keys=[key], args=[self.token_prefix])
+            except _RedisResponseError:
+                return None  # e.g. a key of another type under our prefix: garbage is a miss
+            return result
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        client, scripts = self._sync_client()
+        with _transport(self.redis_url):
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                scripts["GET"](keys=[key], args=[self.token_prefix], client=pipe)
+            results = pipe.execute(raise_on_error=False)
+        return [r if isinstance(r, bytes) else None for r in results]
+
+    def inspect(self, key: str) -> Inspected | None:
+        _, scripts = self._sync_client()
+        with _transport(self.redis_url):
+            try:
+                return self._inspected(scripts["INSPECT"](keys=[key], args=[self.token_prefix]))
+            except _RedisResponseError:
+                return None
+
+    def capture_tokens(self, tags: Sequence[str]) -> list[str]:
+        if not tags:
+            return []
+        _, scripts = self._sync_client()
+        with _transport(self.redis_url):
+            return [t.decode() for t in scripts["CAPTURE"](args=self._capture_args(tags))]
+
+    def set(
+        self, items: Sequence[tuple[str, bytes, int]], tags: Sequence[str], tokens: Sequence[str] | None
+    ) -> bool:
+        client, scripts = self._sync_client()
+        with _transport(self.redis_url):
+            if not tags and len(items) == 1:
+                key, body, ttl_ms = items[0]
+                client.set(key, _HEADER_END + body, px=ttl_ms)
+                return True
+            keys = [key for key, _, _ in items]
+            return bool(scripts["SET"](keys=keys, args=self._set_args(items, tags, tokens)))
+
+    def delete(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        _, scripts = self._sync_client()
+        with _transport(self.redis_url):
+            return int(scripts["DELETE"](keys=list(keys), args=[self.token_prefix]))
+
+    def ttl(self, key: str) -> int | None:
+        _, scripts = self._sync_client()
+        with _transport(self.redis_url):
+            result = scripts["TTL"](keys=[key], args=[self.token_prefix])
+        return None if result is None else int(result)
+
+    def expire(self, key: str, ttl_ms: int) -> bool:
+        _, scripts = self._sync_client()
+        with _transport(self.redis_url):
+            return bool(scripts["EXPIRE"](keys=[key], args=[self.token_prefix, ttl_ms]))
+
+    def invalidate(self, tags: Sequence[str]) -> int:
+        if not tags:
+            return 0
+        _, scripts = self._sync_client()
+        with _transport(self.redis_url):
+            return int(scripts["INVALIDATE"](args=self._invalidate_args(tags)))
+
+    def scan(self, pattern: str, limit: int | None) -> list[str]:
+        client, scripts = self._sync_client()
+        meta = self.meta_prefix.encode()
+        found: list[str] = []
+        with _transport(self.redis_url):
+            batch: list[bytes] = []
+            for raw in client.scan_iter(match=pattern, count=_SCAN_BATCH):
+                if raw.startswith(meta):
+                    continue
+                batch.append(raw)
+                if len(batch) >= _SCAN_BATCH:
+                    found += self._keep_alive(batch, scripts["ALIVE"](keys=batch, args=[self.token_prefix]))
+                    batch = []
+                    if limit is not None and len(found) >= limit:
+                        break
+            if batch:
+                found += self._keep_alive(batch, scripts["ALIVE"](keys=batch, args=[self.token_prefix]))
+        return found[:limit] if limit is not None else found
+
+    @staticmethod
+    def _keep_alive(batch: list[bytes], flags: list[int]) -> list[str]:
+        return [key.decode("utf-8", "surrogateescape") for key, ok in zip(batch, flags) if ok]
+
+    def flush(self) -> int:
+        client, _ = self._sync_client()
+        removed = 0
+        with _transport(self.redis_url):
+            batch: list[bytes] = []
+            for raw in client.scan_iter(match=escape_glob(self.namespace) + ":*", count=_SCAN_BATCH):
+                batch.append(raw)
+                if len(batch) >= _SCAN_BATCH:
+                    removed += client.unlink(*batch)
+                    batch = []
+            if batch:
+                removed += client.unlink(*batch)
+        return removed
+
+    def ping(self) -> None:
+        client, _ = self._sync_client()
+        with _transport(self.redis_url):
+            client.ping()
+
+    def usage(self) -> tuple[int, int]:
+        client, _ = self._sync_client()
+        meta = self.meta_prefix.encode()
+        with _transport(self.redis_url):
+            count = sum(
+                1
+                for raw in client.scan_iter(match=escape_glob(self.namespace) + ":*", count=_SCAN_BATCH)
+                if not raw.startswith(meta)
+            )
+            memory = int(client.info("memory").get("used_memory", 0))
+        return count, memory
+
+    def add_counters(self, counters: dict[str, int]) -> None:
+        client, _ = self._sync_client()
+        with _transport(self.redis_url):
+            pipe = client.pipeline(transaction=False)
+            for name, delta in counters.items():
+                pipe.hincrby(self.meta_prefix + "stats", name, delta)
+            pipe.execute()
+
+    def read_counters(self) -> dict[str, int]:
+        client, _ = self._sync_client()
+        with _transport(self.redis_url):
+            raw = client.hgetall(self.meta_prefix + "stats")
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def close(self) -> None:
+        client, self._sync = self._sync, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+                client.connection_pool.disconnect()
+
+    # --- async face --------------------------------------------------------------------------------
+    async def aget(self, key: str) -> bytes | None:
+        _, scripts = self._async_client()
+        with _transport(self.redis_url):
+            try:
+                result: bytes | None = await scripts["GET"](keys=[key], args=[self.token_prefix])
+            except _RedisResponseError:
+                return None
+            return result
+
+    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        client, scripts = self._async_client()
+        with _transport(self.redis_url):
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                await scripts["GET"](keys=[key], args=[self.token_prefix], client=pipe)
+            results = await pipe.execute(raise_on_error=False)
+        return [r if isinstance(r, bytes) else None for r in results]
+
+    async def ainspect(self, key: str) -> Inspected | None:
+        _, scripts = self._async_client()
+        with _transport(self.redis_url):
+            try:
+                return self._inspected(await scripts["INSPECT"](keys=[key], args=[self.token_prefix]))
+            except _RedisResponseError:
+                return None
+
+    async def acapture_tokens(self, tags: Sequence[str]) -> list[str]:
+        if not tags:
+            return []
+        _, scripts = self._async_client()
+        with _transport(self.redis_url):
+            return [t.decode() for t in await scripts["CAPTURE"](args=self._capture_args(tags))]
+
+    async def aset(
+        self, items: Sequence[tuple[str, bytes, int]], tags: Sequence[str], tokens: Sequence[str] | None
+    ) -> bool:
+        client, scripts = self._async_client()
+        with _transport(self.redis_url):
+            if not tags and len(items) == 1:
+                key, body, ttl_ms = items[0]
+                await client.set(key, _HEADER_END + body, px=ttl_ms)
+                return True
+            keys = [key for key, _, _ in items]
+            return bool(await scripts["SET"](keys=keys, args=self._set_args(items, tags, tokens)))
+
+    async def adelete(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        _, scripts = self._async_client()
+        with _transport(self.redis_url):
+            return int(await scripts["DELETE"](keys=list(keys), args=[self.token_prefix]))
+
+    async def attl(self, key: str) -> int | None:
+        _, scripts = self._async_client()
+        with _transport(self.redis_url):
+            result = await scripts["TTL"](keys=[key], args=[self.token_prefix])
+        return None if result is None else int(result)
+
+    async def aexpire(self, key: str, ttl_ms: int) -> bool:
+        _, scripts = self._async_client()
+        with _transport(self.redis_url):
+            return bool(await scripts["EXPIRE"](keys=[key], args=[self.token_prefix, ttl_ms]))
+
+    async def ainvalidate(self, tags: Sequence[str]) -> int:
+        if not tags:
+            return 0
+        _, scripts = self._async_client()
+        with _transport(self.redis_url):
+            return int(await scripts["INVALIDATE"](args=self._invalidate_args(tags)))
+
+    async def ascan(self, pattern: str, limit: int | None) -> list[str]:
+        client, scripts = self._async_client()
+        meta = self.meta_prefix.encode()
+        found: list[str] = []
+        with _transport(self.redis_url):
+            batch: list[bytes] = []
+            async for raw in client.scan_iter(match=pattern, count=_SCAN_BATCH):
+                if raw.startswith(meta):
+                    continue
+                batch.append(raw)
+                if len(batch) >= _SCAN_BATCH:
+                    flags = await scripts["ALIVE"](keys=batch, args=[self.token_prefix])
+                    found += self._keep_alive(batch, flags)
+                    batch = []
+                    if limit is not None and len(found) >= limit:
+                        break
+            if batch:
+                found += self._keep_alive(batch, await scripts["ALIVE"](keys=batch, args=[self.token_prefix]))
+        return found[:limit] if limit is not None else found
+
+    async def aflush(self) -> int:
+        client, _ = self._async_client()
+        removed = 0
+        with _transport(self.redis_url):
+            batch: list[bytes] = []
+            async for raw in client.scan_iter(match=escape_glob(self.namespace) + ":*", count=_SCAN_BATCH):
+                batch.append(raw)
+                if len(batch) >= _SCAN_BATCH:
+                    removed += await client.unlink(*batch)
+                    batch = []
+            if batch:
+                removed += await client.unlink(*batch)
+        return removed
+
+    async def aping(self) -> None:
+        client, _ = self._async_client()
+        with _transport(self.redis_url):
+            await client.ping()
+
+    async def ausage(self) -> tuple[int, int]:
+        client, _ = self._async_client()
+        meta = self.meta_prefix.encode()
+        count = 0
+        with _transport(self.redis_url):
+            async for raw in client.scan_iter(match=escape_glob(self.namespace) + ":*", count=_SCAN_BATCH):
+                if not raw.startswith(meta):
+                    count += 1
+            memory = int((await client.info("memory")).get("used_memory", 0))
+        return count, memory
+
+    async def aadd_counters(self, counters: dict[str, int]) -> None:
+        client, _ = self._async_client()
+        with _transport(self.redis_url):
+            pipe = client.pipeline(transaction=False)
+            for name, delta in counters.items():
+                pipe.hincrby(self.meta_prefix + "stats", name, delta)
+            await pipe.execute()
+
+    async def aread_counters(self) -> dict[str, int]:
+        client, _ = self._async_client()
+        with _transport(self.redis_url):
+            raw = await client.hgetall(self.meta_prefix + "stats")
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def aclose(self) -> None:
+        clients = list(self._async.items())
+        self._async.clear()
+        current = asyncio.get_running_loop()
+        for loop, (client, _) in clients:
+            if loop is current:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+        self.close()

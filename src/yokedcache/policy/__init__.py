@@ -1,0 +1,1 @@
+"""Policy layer: keys, TTLs, tags, codec, stats and resilience around a backend."""

@@ -1,0 +1,1005 @@
+"""``YokedCache``: the policy layer.
+
+Every decision lives here — keys, TTLs and jitter, tag tokens, the codec, stats, fallback, retries and the
+circuit breaker — while backends only move bytes. Each operation is written once, as a generator that
+yields the backend calls it needs (``(backend, "get", args)``) and returns its result. Two small drivers run
+those generators: ``_arun`` awaits the backend's async methods, ``_run`` calls its sync ones. So the async
+API and its ``*_sync`` twins share one logic, and the sync face never creates or runs an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Any, TypeVar
+
+from ..backends.base import Backend
+from ..backends.memory import MemoryBackend
+from ..codec.envelope import open_envelope, peek, seal
+from ..config import CacheConfig, jittered_ttl_ms
+from ..exceptions import CacheConnectionError, CacheError, CacheSerializationError
+from ..keys import check_key, escape_glob, normalize_tags
+from ..models import CacheStats, FuzzySearchResult, SerializationMethod
+from .resilience import BurstLogger, CircuitBreaker, backoff, is_transient, logger
+from .singleflight import SingleFlight
+
+T = TypeVar("T")
+Call = tuple[Backend, str, tuple[Any, ...]]
+Op = Generator[Call, Any, T]
+
+_MISSING: Any = object()
+_default_lock = threading.Lock()
+_first_cache: YokedCache | None = None
+
+
+class YokedCache:
+    """A cache in front of one backend (or several, routed by key prefix).
+
+    ``YokedCache()`` reads ``YOKEDCACHE_*`` from the environment: the memory backend unless a Redis URL is
+    set. Nothing connects until the first operation.
+    """
+
+    def __init__(self, config: CacheConfig | None = None, *, metrics: Any = None, **overrides: Any) -> None:
+        base = config if config is not None else CacheConfig()
+        self.config: CacheConfig = base.replace(**overrides) if overrides else base
+        logging.getLogger("yokedcache").setLevel(self.config.log_level.upper())
+        self.metrics = metrics
+        self._default_backend, self._routes = self._build_backends()
+        self._signing_key = self.config.signing_key_bytes
+        self._compression = self.config.compression_threshold if self.config.enable_compression else None
+        self._breaker = CircuitBreaker(
+            self.config.enable_circuit_breaker,
+            self.config.circuit_breaker_failure_threshold,
+            self.config.circuit_breaker_timeout,
+        )
+        self._burst = BurstLogger()
+        self.flights = SingleFlight()
+        self._stats = CacheStats()
+        self._published: dict[str, int] = {}
+        self._next_publish = time.monotonic() + self.config.stats_publish_interval
+        self._started_at: float | None = None
+        self._last_error: str | None = None
+        self.invalidation_generation = 0  # bumped by every invalidation made through this instance
+        self.function_stats: dict[str, Any] = {}
+        self.query_stats: dict[str, Any] = {}
+        self._tasks: set[asyncio.Future[Any]] = set()
+        _register_first(self)
+
+    # --- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls) -> YokedCache:
+        return cls(CacheConfig.from_env())
+
+    @classmethod
+    def from_yaml(cls, path: str) -> YokedCache:
+        return cls(CacheConfig.from_yaml(path))
+
+    def _build_backends(self) -> tuple[Backend, list[tuple[str, Backend]]]:
+        cfg = self.config
+        default: Backend
+        if cfg.backend is not None:
+            default = cfg.backend
+        elif cfg.default_backend is not None:
+            default = cfg.default_backend
+        elif cfg.redis_url:
+            from ..backends.redis import RedisBackend
+
+            default = RedisBackend(
+                cfg.redis_url,
+                max_connections=cfg.max_connections,
+                connection_timeout=cfg.connection_timeout,
+                connection_pool_kwargs=cfg.connection_pool_kwargs,
+                operation_timeout=cfg.operation_timeout,
+            )
+        else:
+            default = MemoryBackend(
+                max_size=cfg.memory_max_size,
+                max_bytes=cfg.memory_max_bytes,
+                cleanup_interval=cfg.memory_cleanup_interval,
+            )
+        default.bind(cfg.key_prefix)
+        routes = sorted(cfg.prefix_backends.items(), key=lambda item: len(item[0]), reverse=True)
+        for _, backend in routes:
+            backend.bind(cfg.key_prefix)
+        return default, routes
+
+    @property
+    def backend(self) -> Backend:
+        return self._default_backend
+
+    @property
+    def backends(self) -> list[Backend]:
+        seen: list[Backend] = [self._default_backend]
+        for _, backend in self._routes:
+            if all(backend is not b for b in seen):
+                seen.append(backend)
+        return seen
+
+    def _route(self, key: str) -> Backend:
+        for prefix, backend in self._routes:
+            if key == prefix or key.startswith(prefix + ":"):
+                return backend
+        return self._default_backend
+
+    # --- drivers -----------------------------------------------------------------------------------
+    def _run(self, op: Op[T], failure: T) -> T:
+        try:
+            call = next(op)
+            while True:
+                try:
+                    result = self._call(call)
+                except CacheConnectionError as exc:
+                    call = op.throw(exc)
+                else:
+                    call = op.send(result)
+        except StopIteration as stop:
+            return stop.value
+        except CacheConnectionError as exc:
+            return self._backend_failed(exc, failure)
+        finally:
+            if self._next_publish <= time.monotonic():
+                self._publish_stats_sync()
+
+    async def _arun(self, op: Op[T], failure: T) -> T:
+        try:
+            call = next(op)
+            while True:
+                try:
+                    result = await self._acall(call)
+                except CacheConnectionError as exc:
+                    call = op.throw(exc)
+                else:
+                    call = op.send(result)
+        except StopIteration as stop:
+            return stop.value
+        except CacheConnectionError as exc:
+            return self._backend_failed(exc, failure)
+        finally:
+            if self._next_publish <= time.monotonic():
+                await self._publish_stats()
+
+    def _call(self, call: Call) -> Any:
+        backend, name, args = call
+        method = getattr(backend, name)
+        attempt = 0
+        while True:
+            self._check_breaker()
+            try:
+                result = method(*args)
+            except CacheConnectionError as exc:
+                attempt += 1
+                if not self._should_retry(exc, attempt):
+                    raise
+                time.sleep(backoff(attempt, self.config.retry_delay))
+            else:
+                self._breaker.record_success()
+                return result
+
+    async def _acall(self, call: Call) -> Any:
+        backend, name, args = call
+        method = getattr(backend, "a" + name)
+        attempt = 0
+        while True:
+            self._check_breaker()
+            try:
+                result = await method(*args)
+            except CacheConnectionError as exc:
+                attempt += 1
+                if not self._should_retry(exc, attempt):
+                    raise
+                await asyncio.sleep(backoff(attempt, self.config.retry_delay))
+            else:
+                self._breaker.record_success()
+                return result
+
+    def _check_breaker(self) -> None:
+        if self._started_at is None:
+            self._started_at = time.time()
+        if not self._breaker.allow():
+            raise CacheConnectionError("circuit breaker is open: skipping the backend")
+
+    def _should_retry(self, exc: CacheConnectionError, attempt: int) -> bool:
+        self._breaker.record_failure()
+        return (
+            attempt <= self.config.connection_retries
+            and self._breaker.state != "open"
+            and is_transient(exc.__cause__ or exc)
+        )
+
+    def _backend_failed(self, exc: CacheConnectionError, failure: T) -> T:
+        self._stats.errors += 1
+        self._last_error = str(exc)
+        if self.metrics is not None:
+            self.metrics.record_error()
+        if not self.config.fallback_enabled:
+            raise exc
+        self._burst.log(logging.WARNING, f"cache backend unavailable, serving from source: {exc}")
+        return failure
+
+    # --- shared pure helpers ---------------------------------------------------------------------------
+    def _full(self, key: str) -> tuple[Backend, str]:
+        backend = self._route(check_key(key))
+        return backend, f"{backend.namespace}:{key}"
+
+    def _ttl_ms(self, ttl: float | None) -> int:
+        seconds = self.config.default_ttl if ttl is None else ttl
+        return jittered_ttl_ms(seconds, self.config.ttl_jitter_percent)
+
+    def _method(self, serialization: SerializationMethod | str | None) -> SerializationMethod:
+        if serialization is None:
+            return self.config.default_serialization
+        try:
+            return SerializationMethod.parse(serialization)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+
+    def seal(
+        self,
+        full_key: str,
+        value: Any,
+        serialization: SerializationMethod | str | None = None,
+        *,
+        compress: bool | None = None,
+    ) -> bytes | None:
+        """Encode a value for ``full_key``; ``None`` if it cannot be (fallback on: logged, not stored)."""
+        threshold = self._compression
+        if compress is not None:
+            threshold = self.config.compression_threshold if compress else None
+        try:
+            return seal(
+                value,
+                key=full_key,
+                method=self._method(serialization),
+                allow_pickle=self.config.allow_pickle,
+                compression_threshold=threshold,
+                signing_key=self._signing_key,
+                max_value_bytes=self.config.max_value_bytes,
+                created_at=time.time(),
+            )
+        except CacheSerializationError as exc:
+            if not self.config.fallback_enabled:
+                raise
+            logger.warning("not caching %s: %s", full_key, exc)
+            return None
+
+    def open(self, full_key: str, body: bytes | None) -> Any:
+        """Decode a stored body; ``_MISSING`` for an absent, garbage, forged or tampered entry."""
+        if body is None:
+            return _MISSING
+        opened = open_envelope(
+            body,
+            key=full_key,
+            allow_pickle=self.config.allow_pickle,
+            signing_key=self._signing_key,
+            allow_legacy=self.config.allow_legacy_insecure_deserialization,
+        )
+        if opened is None:
+            self._stats.errors += 1
+            self._burst.log(logging.WARNING, f"undecodable or tampered entry treated as a miss: {full_key}")
+            return _MISSING
+        return opened.value
+
+    def count_read(self, hit: bool) -> None:
+        if hit:
+            self._stats.cache_hits += 1
+        else:
+            self._stats.cache_misses += 1
+        if self.metrics is not None:
+            self.metrics.record_get(hit)
+
+    # --- operations (one generator each) --------------------------------------------------------------
+    def _op_get(self, key: str, default: Any) -> Op[Any]:
+        backend, full = self._full(key)
+        body = yield backend, "get", (full,)
+        value = self.open(full, body)
+        if value is _MISSING:
+            self.count_read(False)
+            if body is not None:
+                yield backend, "delete", ([full],)
+            return default
+        self.count_read(True)
+        return value
+
+    def _op_set(
+        self,
+        key: str,
+        value: Any,
+        ttl: float | None,
+        tags: Any,
+        serialization: Any,
+        tokens: Sequence[str] | None = None,
+    ) -> Op[bool]:
+        backend, full = self._full(key)
+        tag_list = normalize_tags(tags)
+        if ttl is not None and ttl < 0:
+            raise ValueError(f"ttl must be >= 0, got {ttl!r}")
+        if ttl == 0:
+            yield backend, "delete", ([full],)
+            return True
+        body = self.seal(full, value, serialization)
+        if body is None:
+            return False
+        self._stats.sets += 1
+        stored: bool = yield backend, "set", ([(full, body, self._ttl_ms(ttl))], tag_list, tokens)
+        return stored
+
+    def _op_delete_many(self, keys: Iterable[str]) -> Op[int]:
+        by_backend: dict[Backend, list[str]] = {}
+        for key in keys:
+            backend, full = self._full(key)
+            by_backend.setdefault(backend, []).append(full)
+        removed = 0
+        for backend, fulls in by_backend.items():
+            removed += yield backend, "delete", (fulls,)
+        self._stats.deletes += removed
+        return removed
+
+    def _op_exists(self, key: str) -> Op[bool]:
+        backend, full = self._full(key)
+        body = yield backend, "get", (full,)
+        return self.open(full, body) is not _MISSING
+
+    def _op_ttl(self, key: str) -> Op[int | None]:
+        backend, full = self._full(key)
+        ms = yield backend, "ttl", (full,)
+        if ms is None:
+            return None
+        return None if ms < 0 else math.ceil(ms / 1000)
+
+    def _op_expire(self, key: str, ttl: float) -> Op[bool]:
+        backend, full = self._full(key)
+        if ttl < 0:
+            raise ValueError(f"ttl must be >= 0, got {ttl!r}")
+        if ttl == 0:
+            removed = yield backend, "delete", ([full],)
+            return bool(removed)
+        changed: bool = yield backend, "expire", (full, max(1, int(ttl * 1000)))
+        return changed
+
+    def _op_get_many(self, keys: Sequence[str]) -> Op[dict[str, Any]]:
+        located = [(key, *self._full(key)) for key in keys]
+        by_backend: dict[Backend, list[str]] = {}
+        for _, backend, full in located:
+            by_backend.setdefault(backend, []).append(full)
+        bodies: dict[str, bytes | None] = {}
+        for backend, fulls in by_backend.items():
+            found = yield backend, "get_many", (fulls,)
+            bodies.update(zip(fulls, found))
+        out: dict[str, Any] = {}
+        for key, _, full in located:
+            value = self.open(full, bodies.get(full))
+            self.count_read(value is not _MISSING)
+            out[key] = None if value is _MISSING else value
+        return out
+
+    def _op_set_many(
+        self, mapping: Mapping[str, Any], ttl: float | None, tags: Any, serialization: Any
+    ) -> Op[bool]:
+        tag_list = normalize_tags(tags)
+        if ttl is not None and ttl < 0:
+            raise ValueError(f"ttl must be >= 0, got {ttl!r}")
+        by_backend: dict[Backend, list[tuple[str, bytes, int]]] = {}
+        complete = True
+        for key, value in mapping.items():
+            backend, full = self._full(key)
+            body = self.seal(full, value, serialization)
+            if body is None:
+                complete = False
+                continue
+            by_backend.setdefault(backend, []).append((full, body, self._ttl_ms(ttl)))
+        if ttl == 0:
+            yield from self._op_delete_many(list(mapping))
+            return True
+        for backend, items in by_backend.items():
+            self._stats.sets += len(items)
+            stored = yield backend, "set", (items, tag_list, None)
+            complete = complete and bool(stored)
+        return complete
+
+    def _op_invalidate_tags(self, tags: Any) -> Op[int]:
+        tag_list = normalize_tags(tags)
+        if not tag_list:
+            return 0
+        self.invalidation_generation += 1
+        total = 0
+        try:
+            for backend in self.backends:
+                total += yield backend, "invalidate", (tag_list,)
+        except CacheConnectionError as exc:
+            logger.error("invalidation of %s could not reach the backend: %s", list(tag_list), exc)
+            raise
+        self._stats.invalidations += len(tag_list)
+        if self.metrics is not None:
+            self.metrics.record_invalidation(len(tag_list))
+        return total
+
+    def _op_capture_tokens(self, key: str, tags: Sequence[str]) -> Op[list[str]]:
+        backend = self._route(check_key(key))
+        tokens: list[str] = yield backend, "capture_tokens", (tags,)
+        return tokens
+
+    def _op_store_computed(
+        self,
+        key: str,
+        value: Any,
+        ttl: float | None,
+        serialization: Any,
+        tags: Sequence[str],
+        tokens: Sequence[str] | None,
+    ) -> Op[str]:
+        if tokens is None:
+            return "skipped"  # the tokens could not be read: freshness cannot be vouched for
+        backend, full = self._full(key)
+        body = self.seal(full, value, serialization)
+        if body is None:
+            return "skipped"
+        self._stats.sets += 1
+        stored = yield backend, "set", ([(full, body, self._ttl_ms(ttl))], tags, tokens)
+        return "stored" if stored else "stale"
+
+    def _scan_pattern(self, backend: Backend, pattern: str) -> str:
+        return f"{escape_glob(backend.namespace)}:{pattern}"
+
+    def _op_keys(self, pattern: str, limit: int | None) -> Op[list[str]]:
+        keys: list[str] = []
+        for backend in self.backends:
+            remaining = None if limit is None else limit - len(keys)
+            if remaining is not None and remaining <= 0:
+                break
+            found = yield backend, "scan", (self._scan_pattern(backend, pattern), remaining)
+            keys += [self._owned_user_key(backend, full) for full in found]
+        return [k for k in keys if k is not None]
+
+    def _owned_user_key(self, backend: Backend, full: str) -> Any:
+        user = backend.user_key(full)
+        return user if self._route(user) is backend else None
+
+    def _op_invalidate_pattern(self, pattern: str) -> Op[int]:
+        removed = 0
+        for backend in self.backends:
+            found = yield backend, "scan", (self._scan_pattern(backend, pattern), None)
+            if found:
+                removed += yield backend, "delete", (found,)
+        self._stats.deletes += removed
+        self._stats.invalidations += removed
+        return removed
+
+    def _op_flush_all(self) -> Op[bool]:
+        for backend in self.backends:
+            yield backend, "flush", ()
+        self.invalidation_generation += 1
+        return True
+
+    def _op_get_meta(self, key: str) -> Op[dict[str, Any] | None]:
+        backend, full = self._full(key)
+        found = yield backend, "inspect", (full,)
+        if found is None:
+            return None
+        info = peek(found.body)
+        if info is None:
+            return None
+        return {
+            "key": key,
+            "ttl": None if found.ttl_ms is None else math.ceil(found.ttl_ms / 1000),
+            "tags": sorted(found.tags),
+            "size_bytes": len(found.body),
+            "serialization": info.method.value,
+            "compressed": info.compressed,
+            "created_at": info.created_at,
+        }
+
+    def _op_keys_by_tag(self, tag: str, limit: int) -> Op[list[str]]:
+        out: list[str] = []
+        for backend in self.backends:
+            found = yield backend, "scan", (self._scan_pattern(backend, "*"), None)
+            for full in found:
+                meta = yield backend, "inspect", (full,)
+                if meta is not None and tag in meta.tags:
+                    out.append(backend.user_key(full))
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    def _op_ping(self) -> Op[float]:
+        start = time.perf_counter()
+        for backend in self.backends:
+            yield backend, "ping", ()
+        return (time.perf_counter() - start) * 1000
+
+    def _op_usage(self) -> Op[tuple[int, int]]:
+        count = used = 0
+        for backend in self.backends:
+            n, b = yield backend, "usage", ()
+            count += n
+            used += b
+        return count, used
+
+    # --- public async API ------------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Open connections and ping. Failure raises with fallback off, else logs and retries lazily."""
+        await self._arun(self._op_connect(), None)
+
+    def _op_connect(self) -> Op[None]:
+        try:
+            yield from self._op_ping()
+        except CacheConnectionError as exc:
+            if not self.config.fallback_enabled:
+                raise
+            logger.warning("could not connect to the cache backend (will retry lazily): %s", exc)
+
+    async def disconnect(self) -> None:
+        """Publish stats, cancel background refreshes and close connections; the cache stays usable."""
+        for task in list(self._tasks):
+            task.cancel()
+        await self._publish_stats()
+        for backend in self.backends:
+            try:
+                await backend.aclose()
+            except Exception as exc:  # closing must never fail the caller
+                logger.debug("error while closing backend: %s", exc)
+
+    async def __aenter__(self) -> YokedCache:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.disconnect()
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The live value stored under ``key``, else ``default`` (so a cached ``None`` is told apart)."""
+        return await self._arun(self._op_get(key, default), default)
+
+    async def set(
+        self,
+        key: str,
+        value: Any,
+        ttl: float | None = None,
+        tags: str | Iterable[str] | None = None,
+        serialization: SerializationMethod | str | None = None,
+    ) -> bool:
+        """Store ``value``; ``ttl=None`` uses ``default_ttl`` (jittered), ``0`` removes the key."""
+        return await self._arun(self._op_set(key, value, ttl, tags, serialization), False)
+
+    async def delete(self, key: str) -> bool:
+        return bool(await self._arun(self._op_delete_many([key]), 0))
+
+    async def exists(self, key: str) -> bool:
+        return await self._arun(self._op_exists(key), False)
+
+    async def ttl(self, key: str) -> int | None:
+        return await self._arun(self._op_ttl(key), None)
+
+    async def expire(self, key: str, ttl: float) -> bool:
+        return await self._arun(self._op_expire(key, ttl), False)
+
+    async def get_or_set(
+        self,
+        key: str,
+        factory: Callable[[], Any],
+        ttl: float | None = None,
+        tags: str | Iterable[str] | None = None,
+        serialization: SerializationMethod | str | None = None,
+    ) -> Any:
+        """The cached value, or ``factory()``'s result stored with tokens captured before it ran."""
+        value = await self.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        tag_list = normalize_tags(tags)
+
+        async def compute() -> Any:
+            tokens = await self.capture_tokens(tag_list, key)
+            result = factory()
+            if inspect.isawaitable(result):
+                result = await result
+            await self.store_computed(key, result, tokens, tag_list, ttl=ttl, serialization=serialization)
+            return result
+
+        result, _ = await self.flights.arun(self._full(key)[1], compute)
+        return result
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        keys = list(keys)
+        return await self._arun(self._op_get_many(keys), dict.fromkeys(keys))
+
+    async def set_many(
+        self,
+        mapping: Mapping[str, Any],
+        ttl: float | None = None,
+        tags: str | Iterable[str] | None = None,
+        serialization: SerializationMethod | str | None = None,
+    ) -> bool:
+        return await self._arun(self._op_set_many(mapping, ttl, tags, serialization), False)
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        return await self._arun(self._op_delete_many(list(keys)), 0)
+
+    async def invalidate_tags(self, tags: str | Iterable[str]) -> int:
+        """Replace the tags' tokens: every entry carrying any of them stops being served, in every process."""
+        return await self._arun(self._op_invalidate_tags(tags), 0)
+
+    async def invalidate_pattern(self, pattern: str) -> int:
+        return await self._arun(self._op_invalidate_pattern(pattern), 0)
+
+    async def flush_all(self) -> bool:
+        """Remove everything under this cache's ``key_prefix`` (never other prefixes' keys)."""
+        return await self._arun(self._op_flush_all(), False)
+
+    async def get_keys_by_pattern(self, pattern: str, limit: int = 1000) -> list[str]:
+        return await self._arun(self._op_keys(pattern, limit), [])
+
+    async def get_all_keys(self, limit: int = 1000) -> list[str]:
+        return await self._arun(self._op_keys("*", limit), [])
+
+    async def get_keys_by_tag(self, tag: str, limit: int = 1000) -> list[str]:
+        return await self._arun(self._op_keys_by_tag(tag, limit), [])
+
+    async def get_meta(self, key: str) -> dict[str, Any] | None:
+        return await self._arun(self._op_get_meta(key), None)
+
+    async def health(self) -> bool:
+        try:
+            return await self._arun(self._op_ping(), None) is not None
+        except Exception:
+            return False
+
+    async def detailed_health_check(self) -> dict[str, Any]:
+        try:
+            latency = await self._arun(self._op_ping(), None)
+        except Exception as exc:
+            self._last_error = str(exc)
+            latency = None
+        return self._health_report(latency)
+
+    async def get_stats(self) -> CacheStats:
+        usage = await self._arun(self._op_usage(), (0, 0))
+        return self._stats_snapshot(usage)
+
+    async def fuzzy_search(
+        self, query: str, threshold: int | None = None, max_results: int = 100, tags: Any = None
+    ) -> list[FuzzySearchResult]:
+        keys = await self.get_all_keys(limit=100_000)
+        values = await self.get_many(keys) if keys else {}
+        tagged = await self._tagged_keys(keys, tags)
+        return self._fuzzy_rank(query, threshold, max_results, values, tagged)
+
+    async def _tagged_keys(self, keys: list[str], tags: Any) -> AbstractSet[str] | None:
+        if not tags:
+            return None
+        wanted = set(normalize_tags(tags))
+        out: set[str] = set()
+        for key in keys:
+            meta = await self.get_meta(key)
+            if meta and wanted & set(meta["tags"]):
+                out.add(key)
+        return out
+
+    # --- hooks for integrations (decorators, dependencies, SQL) ----------------------------------------
+    def full_key(self, key: str) -> str:
+        """The stored key of a user key: ``<key_prefix>:<key>`` on the backend the key routes to."""
+        return self._full(key)[1]
+
+    async def capture_tokens(self, tags: Sequence[str], key: str = "_") -> list[str] | None:
+        """Current tokens of ``tags`` (created if missing), read *before* computing a value for ``key``.
+
+        ``None`` if the backend could not be reached (fallback on): such a value must not be stored.
+        """
+        if not tags:
+            return []
+        return await self._arun(self._op_capture_tokens(key, tags), None)
+
+    def capture_tokens_sync(self, tags: Sequence[str], key: str = "_") -> list[str] | None:
+        if not tags:
+            return []
+        return self._run(self._op_capture_tokens(key, tags), None)
+
+    async def store_computed(
+        self,
+        key: str,
+        value: Any,
+        tokens: Sequence[str] | None,
+        tags: Sequence[str],
+        *,
+        ttl: float | None = None,
+        serialization: SerializationMethod | str | None = None,
+    ) -> str:
+        """Store a computed value only if its captured tokens are still current.
+
+        Returns ``"stored"``, ``"stale"`` (an invalidation happened while it was computed: not stored)
+        or ``"skipped"`` (not storable, or the backend was unreachable).
+        """
+        op = self._op_store_computed(key, value, ttl, serialization, tags, tokens)
+        return await self._arun(op, "skipped")
+
+    def store_computed_sync(
+        self,
+        key: str,
+        value: Any,
+        tokens: Sequence[str] | None,
+        tags: Sequence[str],
+        *,
+        ttl: float | None = None,
+        serialization: SerializationMethod | str | None = None,
+    ) -> str:
+        return self._run(self._op_store_computed(key, value, ttl, serialization, tags, tokens), "skipped")
+
+    def keep_task(self, task: asyncio.Future[Any]) -> None:
+        """Hold a background task until it finishes (cancelled by ``disconnect``)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- public sync twins -----------------------------------------------------------------------------
+    def connect_sync(self) -> None:
+        self._run(self._op_connect(), None)
+
+    def disconnect_sync(self) -> None:
+        self._publish_stats_sync()
+        for backend in self.backends:
+            try:
+                backend.close()
+            except Exception as exc:
+                logger.debug("error while closing backend: %s", exc)
+
+    def __enter__(self) -> YokedCache:
+        self.connect_sync()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.disconnect_sync()
+
+    def get_sync(self, key: str, default: Any = None) -> Any:
+        return self._run(self._op_get(key, default), default)
+
+    def set_sync(
+        self,
+        key: str,
+        value: Any,
+        ttl: float | None = None,
+        tags: str | Iterable[str] | None = None,
+        serialization: SerializationMethod | str | None = None,
+    ) -> bool:
+        return self._run(self._op_set(key, value, ttl, tags, serialization), False)
+
+    def delete_sync(self, key: str) -> bool:
+        return bool(self._run(self._op_delete_many([key]), 0))
+
+    def exists_sync(self, key: str) -> bool:
+        return self._run(self._op_exists(key), False)
+
+    def ttl_sync(self, key: str) -> int | None:
+        return self._run(self._op_ttl(key), None)
+
+    def expire_sync(self, key: str, ttl: float) -> bool:
+        return self._run(self._op_expire(key, ttl), False)
+
+    def get_or_set_sync(
+        self,
+        key: str,
+        factory: Callable[[], Any],
+        ttl: float | None = None,
+        tags: str | Iterable[str] | None = None,
+        serialization: SerializationMethod | str | None = None,
+    ) -> Any:
+        value = self.get_sync(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        tag_list = normalize_tags(tags)
+
+        def compute() -> Any:
+            tokens = self.capture_tokens_sync(tag_list, key)
+            result = factory()
+            if inspect.isawaitable(result):
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+                raise TypeError("get_or_set_sync needs a sync factory; use get_or_set for async ones")
+            self.store_computed_sync(key, result, tokens, tag_list, ttl=ttl, serialization=serialization)
+            return result
+
+        result, _ = self.flights.run(self._full(key)[1], compute)
+        return result
+
+    def get_many_sync(self, keys: Sequence[str]) -> dict[str, Any]:
+        keys = list(keys)
+        return self._run(self._op_get_many(keys), dict.fromkeys(keys))
+
+    def set_many_sync(
+        self,
+        mapping: Mapping[str, Any],
+        ttl: float | None = None,
+        tags: str | Iterable[str] | None = None,
+        serialization: SerializationMethod | str | None = None,
+    ) -> bool:
+        return self._run(self._op_set_many(mapping, ttl, tags, serialization), False)
+
+    def delete_many_sync(self, keys: Iterable[str]) -> int:
+        return self._run(self._op_delete_many(list(keys)), 0)
+
+    def invalidate_tags_sync(self, tags: str | Iterable[str]) -> int:
+        return self._run(self._op_invalidate_tags(tags), 0)
+
+    def invalidate_pattern_sync(self, pattern: str) -> int:
+        return self._run(self._op_invalidate_pattern(pattern), 0)
+
+    def flush_all_sync(self) -> bool:
+        return self._run(self._op_flush_all(), False)
+
+    def get_keys_by_pattern_sync(self, pattern: str, limit: int = 1000) -> list[str]:
+        return self._run(self._op_keys(pattern, limit), [])
+
+    def get_all_keys_sync(self, limit: int = 1000) -> list[str]:
+        return self._run(self._op_keys("*", limit), [])
+
+    def get_keys_by_tag_sync(self, tag: str, limit: int = 1000) -> list[str]:
+        return self._run(self._op_keys_by_tag(tag, limit), [])
+
+    def get_meta_sync(self, key: str) -> dict[str, Any] | None:
+        return self._run(self._op_get_meta(key), None)
+
+    def health_sync(self) -> bool:
+        try:
+            return self._run(self._op_ping(), None) is not None
+        except Exception:
+            return False
+
+    def detailed_health_check_sync(self) -> dict[str, Any]:
+        try:
+            latency = self._run(self._op_ping(), None)
+        except Exception as exc:
+            self._last_error = str(exc)
+            latency = None
+        return self._health_report(latency)
+
+    def get_stats_sync(self) -> CacheStats:
+        return self._stats_snapshot(self._run(self._op_usage(), (0, 0)))
+
+    def fuzzy_search_sync(
+        self, query: str, threshold: int | None = None, max_results: int = 100, tags: Any = None
+    ) -> list[FuzzySearchResult]:
+        keys = self.get_all_keys_sync(limit=100_000)
+        values = self.get_many_sync(keys) if keys else {}
+        tagged = None
+        if tags:
+            wanted = set(normalize_tags(tags))
+            tagged = {k for k in keys if wanted & set((self.get_meta_sync(k) or {}).get("tags", ()))}
+        return self._fuzzy_rank(query, threshold, max_results, values, tagged)
+
+    # --- stats, health, search helpers ----------------------------------------------------------------
+    def _fuzzy_rank(
+        self,
+        query: str,
+        threshold: int | None,
+        max_results: int,
+        values: dict[str, Any],
+        tagged: AbstractSet[str] | None,
+    ) -> list[FuzzySearchResult]:
+        if not self.config.enable_fuzzy:
+            raise CacheError("fuzzy search is disabled: set enable_fuzzy=True")
+        try:
+            from rapidfuzz import fuzz
+        except ImportError:
+            raise ImportError("fuzzy_search needs the 'fuzzy' extra: pip install 'yokedcache[fuzzy]'") from None  # noqa: E501
+        minimum = self.config.fuzzy_threshold if threshold is None else threshold
+        needle = query.lower()
+        results = []
+        for key, value in values.items():
+            if tagged is not None and key not in tagged:
+                continue
+            score = round(fuzz.partial_ratio(needle, key.lower()))
+            if score >= minimum:
+                results.append(FuzzySearchResult(key, int(score), value))
+        results.sort(key=lambda r: (-r.score, r.key))
+        return results[:max_results]
+
+    def _stats_snapshot(self, usage: tuple[int, int]) -> CacheStats:
+        stats = self._stats
+        snapshot = CacheStats(
+            cache_hits=stats.cache_hits,
+            cache_misses=stats.cache_misses,
+            sets=stats.sets,
+            deletes=stats.deletes,
+            invalidations=stats.invalidations,
+            errors=stats.errors,
+            key_count=usage[0],
+            memory_usage_mb=round(usage[1] / (1024 * 1024), 4),
+            uptime_seconds=int(time.time() - self._started_at) if self._started_at else 0,
+            functions={name: values.as_dict() for name, values in list(self.function_stats.items())},
+            queries={name: values.as_dict() for name, values in list(self.query_stats.items())},
+        )
+        if self.metrics is not None:
+            self.metrics.record_stats(snapshot, self._breaker.state_number)
+        return snapshot
+
+    def _health_report(self, latency_ms: float | None) -> dict[str, Any]:
+        backend = self._default_backend
+        reachable = latency_ms is not None
+        report: dict[str, Any] = {
+            "status": "healthy" if reachable and self._breaker.state != "open" else "unhealthy",
+            "backend_type": backend.kind,
+            "circuit_breaker": {"state": self._breaker.state, "failure_count": self._breaker.failure_count},
+            "hit_rate": self._stats.hit_rate,
+            "uptime_seconds": int(time.time() - self._started_at) if self._started_at else 0,
+            "latency_ms": None if latency_ms is None else round(latency_ms, 3),
+            "error": None if reachable else self._last_error,
+        }
+        if self._routes:
+            report["routes"] = {prefix: b.kind for prefix, b in self._routes}
+        if backend.kind == "redis":
+            report["redis_connected"] = reachable
+            report["connection_pool"] = backend.pool_status()  # type: ignore[attr-defined]
+        return report
+
+    def _counter_deltas(self) -> dict[str, int]:
+        current = {
+            "cache_hits": self._stats.cache_hits,
+            "cache_misses": self._stats.cache_misses,
+            "sets": self._stats.sets,
+            "deletes": self._stats.deletes,
+            "invalidations": self._stats.invalidations,
+            "errors": self._stats.errors,
+        }
+        deltas = {k: v - self._published.get(k, 0) for k, v in current.items()}
+        self._published = current
+        self._next_publish = time.monotonic() + (self.config.stats_publish_interval or math.inf)
+        return {k: v for k, v in deltas.items() if v}
+
+    def _publish_stats_sync(self) -> None:
+        backend = self._default_backend
+        if backend.kind == "memory" or not self.config.stats_publish_interval:
+            self._next_publish = math.inf
+            return
+        deltas = self._counter_deltas()
+        if deltas:
+            try:
+                backend.add_counters(deltas)
+            except CacheConnectionError:
+                pass  # counters are best effort; the cache's own answers never depend on them
+
+    async def _publish_stats(self) -> None:
+        backend = self._default_backend
+        if backend.kind == "memory" or not self.config.stats_publish_interval:
+            self._next_publish = math.inf
+            return
+        deltas = self._counter_deltas()
+        if deltas:
+            try:
+                await backend.aadd_counters(deltas)
+            except CacheConnectionError:
+                pass
+
+    def __repr__(self) -> str:
+        return f"YokedCache(backend={self._default_backend.kind!r}, key_prefix={self.config.key_prefix!r})"
+
+
+def _register_first(cache: YokedCache) -> None:
+    global _first_cache
+    with _default_lock:
+        if _first_cache is None:
+            _first_cache = cache
+
+
+_explicit_default: YokedCache | None = None
+
+
+def set_default_cache(cache: YokedCache | None) -> None:
+    """Make ``cache`` the one ``@cached`` and ``cached_dependency`` use when given no ``cache=``."""
+    global _explicit_default
+    _explicit_default = cache
+
+
+def get_default_cache() -> YokedCache:
+    """``set_default_cache``'s cache, else the first ``YokedCache`` created, else one from the environment."""
+    if _explicit_default is not None:
+        return _explicit_default
+    if _first_cache is None:
+        YokedCache()  # registers itself as the first cache of the process
+    assert _first_cache is not None
+    return _first_cache
+
+
+MISSING = _MISSING
