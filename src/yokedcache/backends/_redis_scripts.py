@@ -131,3 +131,12 @@ for i = 3, #ARGV, 2 do
 end
 return n
 """
+
+# KEYS[1] = lock, KEYS[2] = wake list; ARGV[1] = owner. Releases the lock if still ours and wakes a waiter
+# (each woken waiter pushes again, so the wake-up cascades through all of them).
+UNLOCK = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('LPUSH', KEYS[2], '1')
+redis.call('PEXPIRE', KEYS[2], 2000)
+return 1
+"""

@@ -14,7 +14,9 @@ them into misses when fallback is on.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -134,6 +136,27 @@ class Backend(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    # --- cross-process compute lock (optional; defaults suit single-process stores) ---------------
+    # ``@cached(lock=True)`` uses these so one process computes while the others wait. A store that is
+    # only ever used by one process needs no lock: the in-process single flight already coalesces.
+    def acquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
+        return True
+
+    def release_lock(self, key: str, owner: str) -> None:
+        return None
+
+    def wait_for_release(self, key: str, timeout: float) -> None:
+        time.sleep(min(timeout, 0.01))
+
+    async def aacquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
+        return self.acquire_lock(key, owner, ttl_ms)
+
+    async def arelease_lock(self, key: str, owner: str) -> None:
+        self.release_lock(key, owner)
+
+    async def await_for_release(self, key: str, timeout: float) -> None:
+        await asyncio.sleep(min(timeout, 0.01))
 
     # --- async face ------------------------------------------------------------------------------
     @abstractmethod

@@ -134,7 +134,7 @@ class RedisBackend(Backend):
         return module.Redis(connection_pool=pool)
 
     def _register(self, client: Any) -> dict[str, Any]:
-        names = ("GET", "INSPECT", "DELETE", "ALIVE", "TTL", "EXPIRE", "CAPTURE", "SET", "INVALIDATE")
+        names = ("GET", "INSPECT", "DELETE", "ALIVE", "TTL", "EXPIRE", "CAPTURE", "SET", "INVALIDATE", "UNLOCK")
         return {name: client.register_script(getattr(lua, name)) for name in names}
 
     def _sync_client(self) -> tuple[Any, dict[str, Any]]:
@@ -342,6 +342,48 @@ class RedisBackend(Backend):
             with contextlib.suppress(Exception):
                 client.close()
                 client.connection_pool.disconnect()
+
+    def _lock_keys(self, key: str) -> tuple[str, str]:
+        user = self.user_key(key)
+        return f"{self.meta_prefix}lock:{user}", f"{self.meta_prefix}wake:{user}"
+
+    def _wait_slice(self, timeout: float) -> float:
+        # BLPOP must return before the socket timeout fires, or a slow wait would look like an outage
+        return max(0.01, min(timeout, self.operation_timeout / 2))
+
+    def acquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
+        client, _ = self._sync_client()
+        with _transport(self.redis_url):
+            return bool(client.set(self._lock_keys(key)[0], owner, nx=True, px=ttl_ms))
+
+    def release_lock(self, key: str, owner: str) -> None:
+        _, scripts = self._sync_client()
+        with _transport(self.redis_url):
+            scripts["UNLOCK"](keys=list(self._lock_keys(key)), args=[owner])
+
+    def wait_for_release(self, key: str, timeout: float) -> None:
+        client, _ = self._sync_client()
+        wake = self._lock_keys(key)[1]
+        with _transport(self.redis_url):
+            if client.blpop([wake], timeout=self._wait_slice(timeout)) is not None:
+                client.lpush(wake, "1")  # pass the wake-up on to the next waiter
+
+    async def aacquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
+        client, _ = self._async_client()
+        with _transport(self.redis_url):
+            return bool(await client.set(self._lock_keys(key)[0], owner, nx=True, px=ttl_ms))
+
+    async def arelease_lock(self, key: str, owner: str) -> None:
+        _, scripts = self._async_client()
+        with _transport(self.redis_url):
+            await scripts["UNLOCK"](keys=list(self._lock_keys(key)), args=[owner])
+
+    async def await_for_release(self, key: str, timeout: float) -> None:
+        client, _ = self._async_client()
+        wake = self._lock_keys(key)[1]
+        with _transport(self.redis_url):
+            if await client.blpop([wake], timeout=self._wait_slice(timeout)) is not None:
+                await client.lpush(wake, "1")
 
     # --- async face --------------------------------------------------------------------------------
     async def aget(self, key: str) -> bytes | None:

@@ -48,6 +48,7 @@ _COMPRESSED = 1 << 2
 _SIGNED = 1 << 3
 _PLAIN = 1 << 4
 _KNOWN_FLAGS = _METHOD_MASK | _COMPRESSED | _SIGNED | _PLAIN
+_PLAIN_JSON = _PLAIN  # method code 0, not compressed, not signed
 
 _METHODS = (SerializationMethod.JSON, SerializationMethod.MSGPACK, SerializationMethod.PICKLE)
 _METHOD_CODES = {method: code for code, method in enumerate(_METHODS)}
@@ -142,6 +143,8 @@ def open_envelope(
         _, version, flags, created_at = _HEADER.unpack_from(data)
         if version != FORMAT_VERSION or flags & ~_KNOWN_FLAGS or created_at - created_at != 0.0:
             return None
+        if flags == _PLAIN_JSON and signing_key is None:  # the common hit: skip everything else
+            return Opened(orjson.loads(data[_HEADER_SIZE:]), _JSON, False, created_at)
         method = _METHODS[flags & _METHOD_MASK]  # code 3 -> IndexError -> None
         if method is _PICKLE and not allow_pickle:
             return None

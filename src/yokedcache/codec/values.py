@@ -75,8 +75,10 @@ _MSGPACK = SerializationMethod.MSGPACK
 _PICKLE = SerializationMethod.PICKLE
 
 _NoneType = type(None)
-_JSON_SCALARS: frozenset[type] = frozenset((str, bool, _NoneType))
-_MSGPACK_SCALARS: frozenset[type] = frozenset((str, bool, _NoneType, bytes, float))
+# Types written as they are by the plain path (range of ints: checked by the serializer itself).
+_JSON_SCALARS: frozenset[type] = frozenset((str, int, bool, _NoneType))
+_MSGPACK_SCALARS: frozenset[type] = frozenset((str, int, bool, _NoneType, bytes, float))
+_STR_ONLY: frozenset[type] = frozenset((str,))
 
 
 class CorruptPayload(Exception):
@@ -117,19 +119,19 @@ def dumps(
     if type(method) is not SerializationMethod:
         method = SerializationMethod.parse(method)
     if method is _JSON:
-        if _plain(value, _JSON_SCALARS):
+        if _is_plain(value, _JSON_SCALARS):
             try:
                 return orjson.dumps(value), True
             except orjson.JSONEncodeError:
-                pass  # a lone surrogate in some str (or too deep): the tagged path handles it
+                pass  # an int beyond 64 bits or a lone surrogate: the tagged path handles both
         return _dump_tree(value, binary=False, pack=orjson.dumps), False
     if method is _MSGPACK:
         packb = _msgpack_packb()
-        if _plain(value, _MSGPACK_SCALARS):
+        if _is_plain(value, _MSGPACK_SCALARS):
             try:
                 return packb(value), True
             except Exception:
-                pass
+                pass  # as above (OverflowError, UnicodeEncodeError)
         return _dump_tree(value, binary=True, pack=packb), False
     if method is _PICKLE:
         if not allow_pickle:
@@ -193,25 +195,46 @@ def resolve_class(module: Any, qualname: Any) -> type:
 # --- plain check ---
 
 
+def _is_plain(value: Any, scalars: frozenset[type]) -> bool:
+    try:
+        return _plain(value, scalars)
+    except RecursionError:
+        return False  # the tagged path reports it
+
+
 def _plain(v: Any, scalars: frozenset[type]) -> bool:
-    """True when ``v`` holds only natively carried types, so it can be written without any tag."""
+    """True when ``v`` holds only natively carried types, so it can be written without any tag.
+
+    Runs on every write of plain data, so the per-item work is done by C builtins (``set(map(type,
+    ...))``). Two things are left to the serializer, which raises on them and sends the value down the
+    tagged path: ints beyond 64 bits and strings with lone surrogates. Non-finite floats are checked
+    here because orjson would silently write them as ``null``.
+    """
     t = type(v)
-    if t in scalars:
-        return True
-    if t is int:
-        return _INT_MIN <= v <= _INT_MAX
-    if t is float:
-        return v - v == 0.0  # False for nan and ±inf
     if t is dict:
-        for k, x in v.items():
-            if type(k) is not str or k == MARKER:
-                return False
-            if type(x) not in scalars and not _plain(x, scalars):
-                return False
+        if not set(map(type, v)) <= _STR_ONLY or MARKER in v:
+            return False
+        items: Any = v.values()
+    elif t is list:
+        items = v
+    elif t in scalars:
         return True
-    if t is list:
-        return all(type(x) in scalars or _plain(x, scalars) for x in v)
-    return False
+    elif t is float:
+        return v - v == 0.0  # False for nan and ±inf
+    else:
+        return False
+    if set(map(type, items)) <= scalars:
+        return True
+    for x in items:
+        tx = type(x)
+        if tx in scalars:
+            continue
+        if tx is float:
+            if x - x != 0.0:
+                return False
+        elif not _plain(x, scalars):
+            return False
+    return True
 
 
 # --- encoder ---

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
 from ..exceptions import CacheConnectionError
+from ..backends.base import new_token
 from ..keys import normalize_tags
 from ..models import SerializationMethod
 from ..policy.cache import MISSING, YokedCache, get_default_cache
@@ -157,6 +158,26 @@ def _make_async(opts: _Options) -> Callable[..., Any]:
     func = opts.func
 
     async def compute(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> _Outcome:
+        if not opts.lock:
+            return await compute_here(cache, key, tags, args, kwargs)
+        owner = new_token()
+        while True:
+            if await cache.acquire_lock(key, owner, opts.lock_timeout):
+                try:
+                    stored = await cache.peek(key, MISSING)
+                    if stored is not MISSING:  # another process finished just before we took the lock
+                        return _Outcome(opts.unwrap(stored)[0], False, cache.invalidation_generation)
+                    return await compute_here(cache, key, tags, args, kwargs)
+                finally:
+                    await cache.release_lock(key, owner)
+            await cache.wait_for_release(key, opts.lock_timeout)
+            stored = await cache.peek(key, MISSING)
+            if stored is not MISSING:
+                return _Outcome(opts.unwrap(stored)[0], False, cache.invalidation_generation)
+
+    async def compute_here(
+        cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any
+    ) -> _Outcome:
         generation = cache.invalidation_generation
         tokens = await cache.capture_tokens(tags, key)
         started = time.perf_counter()
@@ -189,7 +210,7 @@ def _make_async(opts: _Options) -> Callable[..., Any]:
 
         async def run() -> None:
             try:
-                await compute(cache, key, tags, args, kwargs)
+                await compute_here(cache, key, tags, args, kwargs)
             except Exception as exc:
                 logger.warning("background refresh of %s failed: %s", opts.name, exc)
             finally:
@@ -233,7 +254,7 @@ def _make_async(opts: _Options) -> Callable[..., Any]:
     async def refresh(*args: Any, **kwargs: Any) -> Any:
         cache = opts.resolve_cache()
         key, bound = opts.key_for(args, kwargs)
-        return (await compute(cache, key, opts.tags_for(bound), args, kwargs)).value
+        return (await compute_here(cache, key, opts.tags_for(bound), args, kwargs)).value
 
     async def invalidate(*args: Any, **kwargs: Any) -> bool:
         cache = opts.resolve_cache()
@@ -248,6 +269,24 @@ def _make_sync(opts: _Options) -> Callable[..., Any]:
     func = opts.func
 
     def compute(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> _Outcome:
+        if not opts.lock:
+            return compute_here(cache, key, tags, args, kwargs)
+        owner = new_token()
+        while True:
+            if cache.acquire_lock_sync(key, owner, opts.lock_timeout):
+                try:
+                    stored = cache.peek_sync(key, MISSING)
+                    if stored is not MISSING:
+                        return _Outcome(opts.unwrap(stored)[0], False, cache.invalidation_generation)
+                    return compute_here(cache, key, tags, args, kwargs)
+                finally:
+                    cache.release_lock_sync(key, owner)
+            cache.wait_for_release_sync(key, opts.lock_timeout)
+            stored = cache.peek_sync(key, MISSING)
+            if stored is not MISSING:
+                return _Outcome(opts.unwrap(stored)[0], False, cache.invalidation_generation)
+
+    def compute_here(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> _Outcome:
         generation = cache.invalidation_generation
         tokens = cache.capture_tokens_sync(tags, key)
         started = time.perf_counter()
@@ -279,7 +318,7 @@ def _make_sync(opts: _Options) -> Callable[..., Any]:
 
         def run() -> None:
             try:
-                compute(cache, key, tags, args, kwargs)
+                compute_here(cache, key, tags, args, kwargs)
             except Exception as exc:
                 logger.warning("background refresh of %s failed: %s", opts.name, exc)
             finally:
@@ -318,7 +357,7 @@ def _make_sync(opts: _Options) -> Callable[..., Any]:
     def refresh(*args: Any, **kwargs: Any) -> Any:
         cache = opts.resolve_cache()
         key, bound = opts.key_for(args, kwargs)
-        return compute(cache, key, opts.tags_for(bound), args, kwargs).value
+        return compute_here(cache, key, opts.tags_for(bound), args, kwargs).value
 
     def invalidate(*args: Any, **kwargs: Any) -> bool:
         return opts.resolve_cache().delete_sync(opts.key_for(args, kwargs)[0])

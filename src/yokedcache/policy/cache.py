@@ -50,6 +50,10 @@ class YokedCache:
         self.config: CacheConfig = base.replace(**overrides) if overrides else base
         logging.getLogger("yokedcache").setLevel(self.config.log_level.upper())
         self.metrics = metrics
+        if metrics is None and self.config.enable_metrics:
+            from ..monitoring import metrics_from_config
+
+            self.metrics = metrics_from_config(self.config)
         self._default_backend, self._routes = self._build_backends()
         self._signing_key = self.config.signing_key_bytes
         self._compression = self.config.compression_threshold if self.config.enable_compression else None
@@ -165,6 +169,24 @@ class YokedCache:
                 await self._publish_stats()
 
     def _call(self, call: Call) -> Any:
+        if self.metrics is not None:
+            started = time.perf_counter()
+            try:
+                return self._call_backend(call)
+            finally:
+                self.metrics.observe(call[1], call[0].kind, time.perf_counter() - started)
+        return self._call_backend(call)
+
+    async def _acall(self, call: Call) -> Any:
+        if self.metrics is not None:
+            started = time.perf_counter()
+            try:
+                return await self._acall_backend(call)
+            finally:
+                self.metrics.observe(call[1], call[0].kind, time.perf_counter() - started)
+        return await self._acall_backend(call)
+
+    def _call_backend(self, call: Call) -> Any:
         backend, name, args = call
         method = getattr(backend, name)
         attempt = 0
@@ -181,7 +203,7 @@ class YokedCache:
                 self._breaker.record_success()
                 return result
 
-    async def _acall(self, call: Call) -> Any:
+    async def _acall_backend(self, call: Call) -> Any:
         backend, name, args = call
         method = getattr(backend, "a" + name)
         attempt = 0
@@ -285,6 +307,16 @@ class YokedCache:
             return _MISSING
         return opened.value
 
+    def count_sets(self, count: int) -> None:
+        self._stats.sets += count
+        if self.metrics is not None:
+            self.metrics.record_set(count)
+
+    def count_deletes(self, count: int) -> None:
+        self._stats.deletes += count
+        if self.metrics is not None and count:
+            self.metrics.record_delete(count)
+
     def count_read(self, hit: bool) -> None:
         if hit:
             self._stats.cache_hits += 1
@@ -294,16 +326,18 @@ class YokedCache:
             self.metrics.record_get(hit)
 
     # --- operations (one generator each) --------------------------------------------------------------
-    def _op_get(self, key: str, default: Any) -> Op[Any]:
+    def _op_get(self, key: str, default: Any, count: bool = True) -> Op[Any]:
         backend, full = self._full(key)
         body = yield backend, "get", (full,)
         value = self.open(full, body)
         if value is _MISSING:
-            self.count_read(False)
+            if count:
+                self.count_read(False)
             if body is not None:
-                yield backend, "delete", ([full],)
+                yield backend, "delete", ([full],)  # garbage: remove it so it is not decoded again
             return default
-        self.count_read(True)
+        if count:
+            self.count_read(True)
         return value
 
     def _op_set(
@@ -325,7 +359,7 @@ class YokedCache:
         body = self.seal(full, value, serialization)
         if body is None:
             return False
-        self._stats.sets += 1
+        self.count_sets(1)
         stored: bool = yield backend, "set", ([(full, body, self._ttl_ms(ttl))], tag_list, tokens)
         return stored
 
@@ -337,7 +371,7 @@ class YokedCache:
         removed = 0
         for backend, fulls in by_backend.items():
             removed += yield backend, "delete", (fulls,)
-        self._stats.deletes += removed
+        self.count_deletes(removed)
         return removed
 
     def _op_exists(self, key: str) -> Op[bool]:
@@ -397,7 +431,7 @@ class YokedCache:
             yield from self._op_delete_many(list(mapping))
             return True
         for backend, items in by_backend.items():
-            self._stats.sets += len(items)
+            self.count_sets(len(items))
             stored = yield backend, "set", (items, tag_list, None)
             complete = complete and bool(stored)
         return complete
@@ -439,7 +473,7 @@ class YokedCache:
         body = self.seal(full, value, serialization)
         if body is None:
             return "skipped"
-        self._stats.sets += 1
+        self.count_sets(1)
         stored = yield backend, "set", ([(full, body, self._ttl_ms(ttl))], tags, tokens)
         return "stored" if stored else "stale"
 
@@ -466,7 +500,7 @@ class YokedCache:
             found = yield backend, "scan", (self._scan_pattern(backend, pattern), None)
             if found:
                 removed += yield backend, "delete", (found,)
-        self._stats.deletes += removed
+        self.count_deletes(removed)
         self._stats.invalidations += removed
         return removed
 
@@ -727,6 +761,41 @@ class YokedCache:
         serialization: SerializationMethod | str | None = None,
     ) -> str:
         return self._run(self._op_store_computed(key, value, ttl, serialization, tags, tokens), "skipped")
+
+    async def peek(self, key: str, default: Any = None) -> Any:
+        """Like ``get`` but not counted in the stats (for integrations re-checking an entry)."""
+        return await self._arun(self._op_get(key, default, count=False), default)
+
+    def peek_sync(self, key: str, default: Any = None) -> Any:
+        return self._run(self._op_get(key, default, count=False), default)
+
+    def _op_lock(self, name: str, key: str, *args: Any) -> Op[Any]:
+        backend, full = self._full(key)
+        result = yield backend, name, (full, *args)
+        return result
+
+    async def acquire_lock(self, key: str, owner: str, lease: float) -> bool:
+        """Take the cross-process compute lock of ``key`` for ``lease`` seconds.
+
+        True when the backend cannot be reached (fallback on): computing locally beats waiting forever.
+        """
+        return bool(await self._arun(self._op_lock("acquire_lock", key, owner, int(lease * 1000)), True))
+
+    def acquire_lock_sync(self, key: str, owner: str, lease: float) -> bool:
+        return bool(self._run(self._op_lock("acquire_lock", key, owner, int(lease * 1000)), True))
+
+    async def release_lock(self, key: str, owner: str) -> None:
+        await self._arun(self._op_lock("release_lock", key, owner), None)
+
+    def release_lock_sync(self, key: str, owner: str) -> None:
+        self._run(self._op_lock("release_lock", key, owner), None)
+
+    async def wait_for_release(self, key: str, timeout: float) -> None:
+        """Block until the lock holder of ``key`` stores its value and releases (or ``timeout``)."""
+        await self._arun(self._op_lock("wait_for_release", key, timeout), None)
+
+    def wait_for_release_sync(self, key: str, timeout: float) -> None:
+        self._run(self._op_lock("wait_for_release", key, timeout), None)
 
     def keep_task(self, task: asyncio.Future[Any]) -> None:
         """Hold a background task until it finishes (cancelled by ``disconnect``)."""
