@@ -26,6 +26,7 @@ from ..config import CacheConfig, jittered_ttl_ms
 from ..exceptions import CacheConnectionError, CacheError, CacheSerializationError
 from ..keys import check_key, escape_glob, normalize_tags
 from ..models import CacheStats, FuzzySearchResult, SerializationMethod
+from .pending import PendingInvalidations
 from .resilience import BurstLogger, CircuitBreaker, backoff, is_transient, logger
 from .singleflight import SingleFlight
 
@@ -34,6 +35,7 @@ Call = tuple[Backend, str, tuple[Any, ...]]
 Op = Generator[Call, Any, T]
 
 _MISSING: Any = object()
+REPLAY_INTERVAL = 0.2  # seconds between background attempts to deliver queued invalidations
 _default_lock = threading.Lock()
 _first_cache: YokedCache | None = None
 
@@ -73,6 +75,9 @@ class YokedCache:
         self.function_stats: dict[str, Any] = {}
         self.query_stats: dict[str, Any] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._pending = PendingInvalidations(self.config.invalidation_queue_size)
+        self._replayer: threading.Thread | None = None
+        self._replayer_lock = threading.Lock()
         _register_first(self)
 
     # --- construction ------------------------------------------------------------------------------
@@ -193,6 +198,8 @@ class YokedCache:
         while True:
             self._check_breaker()
             try:
+                if self._pending and backend in self._pending:
+                    self._replay_pending(backend)
                 result = method(*args)
             except CacheConnectionError as exc:
                 attempt += 1
@@ -210,6 +217,8 @@ class YokedCache:
         while True:
             self._check_breaker()
             try:
+                if self._pending and backend in self._pending:
+                    await self._areplay_pending(backend)
                 result = await method(*args)
             except CacheConnectionError as exc:
                 attempt += 1
@@ -219,6 +228,47 @@ class YokedCache:
             else:
                 self._breaker.record_success()
                 return result
+
+    # --- invalidations that could not be delivered ------------------------------------------------------
+    def _replay_pending(self, backend: Backend) -> None:
+        tags, flush = self._pending.snapshot(backend)
+        if flush:
+            backend.flush()
+        elif tags:
+            backend.invalidate(tags)
+        self._pending.landed(backend, tags, flush)
+        logger.warning("delivered queued %s", "namespace flush" if flush else f"invalidation of {list(tags)}")
+
+    async def _areplay_pending(self, backend: Backend) -> None:
+        tags, flush = self._pending.snapshot(backend)
+        if flush:
+            await backend.aflush()
+        elif tags:
+            await backend.ainvalidate(tags)
+        self._pending.landed(backend, tags, flush)
+        logger.warning("delivered queued %s", "namespace flush" if flush else f"invalidation of {list(tags)}")
+
+    def _start_replayer(self) -> None:
+        """Replay in the background too, so an idle process still delivers its queued invalidations
+        within a fraction of a second of the backend's return (other processes may be reading)."""
+        with self._replayer_lock:
+            if self._replayer is not None and self._replayer.is_alive():
+                return
+            self._replayer = threading.Thread(target=self._replay_loop, name="yokedcache-replay", daemon=True)
+            self._replayer.start()
+
+    def _replay_loop(self) -> None:
+        while self._pending:
+            time.sleep(REPLAY_INTERVAL)
+            for backend in self.backends:
+                if backend not in self._pending:
+                    continue
+                try:
+                    self._replay_pending(backend)
+                except CacheConnectionError:
+                    pass  # still down; try again after the interval
+                except Exception as exc:  # never let the replayer die silently with work queued
+                    logger.error("replaying invalidations failed: %s", exc)
 
     def _check_breaker(self) -> None:
         if self._started_at is None:
@@ -446,7 +496,15 @@ class YokedCache:
             for backend in self.backends:
                 total += yield backend, "invalidate", (tag_list,)
         except CacheConnectionError as exc:
-            logger.error("invalidation of %s could not reach the backend: %s", list(tag_list), exc)
+            for backend in self.backends:
+                self._pending.add(backend, tag_list)
+            self._start_replayer()
+            logger.error(
+                "invalidation of %s could not reach the backend; queued for replay (%d pending): %s",
+                list(tag_list),
+                self._pending.size(),
+                exc,
+            )
             raise
         self._stats.invalidations += len(tag_list)
         if self.metrics is not None:
