@@ -101,3 +101,13 @@ def sync_cache(cache_config: dict[str, object]) -> Iterator[object]:
     yield instance
     instance.flush_all_sync()
     instance.disconnect_sync()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[object]:
+    """A redis-server of this test's own, on a free port."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.cleanup()

@@ -664,6 +664,7 @@ def test_peek_reads_the_header_without_decoding() -> None:
 
 def _module_with_classes(name: str) -> types.ModuleType:
     module = types.ModuleType(name)
+    sys.modules[name] = module
     exec(  # noqa: S102 - builds a throwaway module for the test
         textwrap.dedent(
             """
@@ -682,7 +683,6 @@ def _module_with_classes(name: str) -> types.ModuleType:
         ),
         module.__dict__,
     )
-    sys.modules[name] = module
     return module
 
 
