@@ -160,13 +160,10 @@ def same(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return len(a) == len(b) and all(
-            same(ka, kb) and same(va, vb)
-            for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=True)
+            same(ka, kb) and same(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=True)
         )
     if dataclasses.is_dataclass(a):
-        return all(
-            same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)
-        )
+        return all(same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
     if isinstance(a, pydantic.BaseModel):
         return (
             same(dict(a.__dict__), dict(b.__dict__))
@@ -208,16 +205,10 @@ SAMPLES: dict[str, Any] = {
     "empty set": set(),
     "naive datetime": dt.datetime(2024, 2, 29, 13, 14, 15, 123456),
     "utc datetime": dt.datetime(2024, 1, 1, 0, 0, 0, 1, tzinfo=dt.timezone.utc),
-    "offset datetime": dt.datetime(
-        2024, 1, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))
-    ),
-    "named offset datetime": dt.datetime(
-        2024, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=-3), "BRT")
-    ),
+    "offset datetime": dt.datetime(2024, 1, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+    "named offset datetime": dt.datetime(2024, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=-3), "BRT")),
     "zoneinfo datetime": dt.datetime(2024, 7, 1, 9, 30, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")),
-    "zoneinfo fold": dt.datetime(
-        2021, 11, 7, 1, 30, fold=1, tzinfo=zoneinfo.ZoneInfo("America/New_York")
-    ),
+    "zoneinfo fold": dt.datetime(2021, 11, 7, 1, 30, fold=1, tzinfo=zoneinfo.ZoneInfo("America/New_York")),
     "date": dt.date(1999, 12, 31),
     "time": dt.time(23, 59, 59, 999999),
     "aware time": dt.time(8, 0, tzinfo=dt.timezone(dt.timedelta(hours=2))),
@@ -293,9 +284,7 @@ def opened(data: bytes, **overrides: Any) -> Opened | None:
 
 
 @pytest.mark.parametrize("name", list(SAMPLES))
-def test_every_supported_type_round_trips_to_the_same_type(
-    name: str, method: SerializationMethod
-) -> None:
+def test_every_supported_type_round_trips_to_the_same_type(name: str, method: SerializationMethod) -> None:
     value = SAMPLES[name]
     out = roundtrip_body(value, method)
     assert type(out) is type(value)
@@ -332,9 +321,13 @@ def test_nan_round_trips(method: SerializationMethod) -> None:
 
 
 def test_dict_holding_the_marker_key_is_not_mistaken_for_a_tag(method: SerializationMethod) -> None:
-    tricky = {MARKER: ["dc", "os", "system", {}]}
+    tricky = {MARKER: ["t", [1, 2]]}
     assert roundtrip_body(tricky, method) == tricky
-    assert roundtrip_body([{MARKER: 1}], method) == [{MARKER: 1}]
+    # Inside a value that needs tags (so the reader walks the tree looking for them):
+    value = ({MARKER: ["t", [1, 2]]}, [{MARKER: ["dc", "os", "system", {}]}], {"a": {MARKER: 1}})
+    out = roundtrip_body(value, method)
+    assert out == value
+    assert type(out[0][MARKER]) is list
 
 
 def test_plain_data_is_written_natively_without_tags() -> None:
@@ -384,7 +377,7 @@ def test_pydantic_model_keeps_fields_set_and_nested_models(method: Serialization
 @pytest.mark.parametrize(
     ("make", "type_name"),
     [
-        (lambda: (lambda x: x), "function"),
+        (lambda: lambda x: x, "function"),
         (Plain, "Plain"),
         (lambda: object(), "object"),
         (lambda: MyStr("x"), "MyStr"),
@@ -665,7 +658,7 @@ def test_peek_reads_the_header_without_decoding() -> None:
 def _module_with_classes(name: str) -> types.ModuleType:
     module = types.ModuleType(name)
     sys.modules[name] = module
-    exec(  # noqa: S102 - builds a throwaway module for the test
+    exec(
         textwrap.dedent(
             """
             import dataclasses, enum, pydantic
@@ -718,7 +711,11 @@ CONSTRUCTED: list[Any] = []
 
 
 class Trap:
-    """A class that records any attempt to build it."""
+    """Records any attempt to build it; looks like an enum/NamedTuple/model to a careless reader."""
+
+    __members__ = {"x": "not an enum member"}
+    _fields = ()
+    model_fields: dict[str, Any] = {}
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Trap:
         CONSTRUCTED.append(args)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
-import uuid
+import math
+import struct
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -13,10 +14,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from yokedcache.codec import MAGIC, MARKER, dumps, loads, open_envelope, peek, seal
+from yokedcache.codec import MAGIC, MARKER, CorruptPayload, dumps, loads, open_envelope, peek, seal
 from yokedcache.models import SerializationMethod
-
-from .test_codec import same  # noqa: TID252 - shared deep comparison
 
 JSON = SerializationMethod.JSON
 MSGPACK = SerializationMethod.MSGPACK
@@ -52,6 +51,32 @@ class Pair(NamedTuple):
 class Box:
     content: Any
     label: str = ""
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal and of the same type all the way down (nan equals nan; tz, fold and key order count)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        if math.isnan(a):
+            return math.isnan(b)
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    if isinstance(a, Decimal):
+        return str(a) == str(b)
+    if isinstance(a, (dt.datetime, dt.time)):
+        return repr(a) == repr(b)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return len(a) == len(b) and all(
+            same(ka, kb) and same(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=True)
+        )
+    if isinstance(a, (set, frozenset)):
+        types_a = sorted(type(x).__name__ for x in a)
+        return a == b and types_a == sorted(type(x).__name__ for x in b)
+    if dataclasses.is_dataclass(a):
+        return all(same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    return bool(a == b)
 
 
 def _seal(value: Any, **overrides: Any) -> bytes:
@@ -119,8 +144,6 @@ def test_arbitrary_bytes_never_raise(data: bytes) -> None:
 def test_arbitrary_bytes_behind_a_valid_magic_never_raise(
     version: int, flags: int, created_at: float, body: bytes
 ) -> None:
-    import struct
-
     data = MAGIC + struct.pack(">BBd", version, flags, created_at) + body
     _read_every_way(data)
     info = peek(data)
@@ -182,8 +205,9 @@ _zones = st.one_of(
     st.just(dt.timezone.utc),
     st.builds(
         lambda minutes, named: (
-            dt.timezone(dt.timedelta(minutes=minutes), "Zone") if named else
-            dt.timezone(dt.timedelta(minutes=minutes))
+            dt.timezone(dt.timedelta(minutes=minutes), "Zone")
+            if named
+            else dt.timezone(dt.timedelta(minutes=minutes))
         ),
         st.integers(-23 * 60, 23 * 60),
         st.booleans(),
@@ -191,8 +215,9 @@ _zones = st.one_of(
     st.timezones(),
 )
 
+# Includes lone surrogates (valid in a Python str, not in UTF-8) and the tag marker itself.
 _text = st.text(
-    st.characters(codec=None) | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+    st.characters() | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), max_size=12
 ) | st.just(MARKER)
 
 _hashable_scalars = st.one_of(
@@ -250,9 +275,7 @@ def test_supported_values_round_trip(method: SerializationMethod, value: Any) ->
 
 @FUZZ
 @given(values, st.booleans(), st.booleans())
-def test_supported_values_round_trip_through_the_envelope(
-    value: Any, signed: bool, compress: bool
-) -> None:
+def test_supported_values_round_trip_through_the_envelope(value: Any, signed: bool, compress: bool) -> None:
     key = SIGNING_KEY if signed else None
     entry = _seal(value, signing_key=key, compression_threshold=32 if compress else None)
     result = open_envelope(entry, key="fuzz", allow_pickle=False, signing_key=key, allow_legacy=False)
@@ -261,13 +284,12 @@ def test_supported_values_round_trip_through_the_envelope(
 
 
 @FUZZ
-@given(values)
-def test_decoder_rejects_bodies_of_one_method_read_as_another(value: Any) -> None:
-    """Reading a body with the wrong method is a clean CorruptPayload or some value - never a crash."""
-    body, plain = dumps(value, MSGPACK)
-    try:
-        loads(body, JSON, plain=plain)
-    except Exception as exc:
-        assert type(exc).__name__ == "CorruptPayload"
-    _ = uuid  # (imported for strategies' types)
-    _ = Decimal
+@given(values, st.booleans())
+def test_a_body_read_with_the_wrong_method_fails_cleanly(value: Any, plain: bool) -> None:
+    """Reading a body as the other method gives some value or CorruptPayload, nothing else."""
+    for written, read in ((MSGPACK, JSON), (JSON, MSGPACK)):
+        body, _ = dumps(value, written)
+        try:
+            loads(body, read, plain=plain)
+        except CorruptPayload:
+            pass

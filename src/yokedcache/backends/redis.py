@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -23,6 +25,7 @@ try:  # the `redis` extra
     import redis as _redis
     import redis.asyncio as _aredis
     from redis.exceptions import ConnectionError as _RedisConnectionError
+    from redis.exceptions import NoScriptError as _NoScriptError
     from redis.exceptions import ResponseError as _RedisResponseError
     from redis.exceptions import TimeoutError as _RedisTimeoutError
 except ImportError:  # pragma: no cover - exercised only without the extra
@@ -33,7 +36,77 @@ if _redis is not None:
     _TRANSPORT_ERRORS = (_RedisConnectionError, _RedisTimeoutError, OSError, asyncio.TimeoutError)
 
 _SCAN_BATCH = 1000
+_GET_SHA = hashlib.sha1(lua.GET.encode()).hexdigest()
 _HEADER_END = b"\x1d"
+
+
+class _Watchdog:
+    """Enforces the operation timeout of every async operation on one event loop.
+
+    The async client has no socket timeout of its own: redis-py implements one with ``asyncio.wait_for``
+    per read (a task per command on Python 3.11), and even one ``asyncio.timeout`` per operation costs a
+    timer-heap insert and removal on the hit path. Instead, operations register their deadline in a dict
+    and one periodic check cancels the late ones; a late operation is reported as a timeout within a
+    quarter of the timeout after its deadline.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.deadlines: dict[asyncio.Task[Any], float] = {}
+        self.expired: set[asyncio.Task[Any]] = set()
+        self.handle: asyncio.TimerHandle | None = None
+
+    def watch(self, task: asyncio.Task[Any], timeout: float) -> None:
+        self.deadlines[task] = self.loop.time() + timeout
+        if self.handle is None:
+            self.handle = self.loop.call_later(self.timeout / 4, self._check)
+
+    def _check(self) -> None:
+        self.handle = None
+        now = self.loop.time()
+        for task, deadline in list(self.deadlines.items()):
+            if deadline <= now and task not in self.expired:
+                self.expired.add(task)
+                task.cancel()
+        if self.deadlines:
+            self.handle = self.loop.call_later(self.timeout / 4, self._check)
+
+
+class _AsyncGuard:
+    """Bounds one async operation by a timeout and turns transport failures into CacheConnectionError."""
+
+    __slots__ = ("_backend", "_task", "_timeout", "_watchdog")
+
+    def __init__(self, backend: RedisBackend, watchdog: _Watchdog, timeout: float) -> None:
+        self._backend = backend
+        self._watchdog = watchdog
+        self._timeout = timeout
+        self._task: asyncio.Task[Any] | None = None
+
+    async def __aenter__(self) -> None:
+        task = self._task = asyncio.current_task()
+        if task is not None:
+            self._watchdog.watch(task, self._timeout)
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        task = self._task
+        watchdog = self._watchdog
+        if task is not None:
+            watchdog.deadlines.pop(task, None)
+            if task in watchdog.expired:
+                watchdog.expired.discard(task)
+                if exc_type is asyncio.CancelledError:
+                    if hasattr(task, "uncancel"):
+                        task.uncancel()
+                    raise CacheConnectionError(
+                        f"redis at {_safe_url(self._backend.redis_url)}: no answer within {self._timeout}s"
+                    ) from None
+        if exc is not None and isinstance(exc, _TRANSPORT_ERRORS):
+            raise CacheConnectionError(
+                f"redis at {_safe_url(self._backend.redis_url)}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return False
 
 
 @contextlib.contextmanager
@@ -84,6 +157,44 @@ def _parse_sentinel(url: str) -> tuple[list[tuple[str, int]], str, int, dict[str
     return hosts, service, db, auth
 
 
+def _waiting_pool_class() -> Any:
+    """An asyncio pool that waits for a free connection instead of failing when all are busy.
+
+    redis-py's asyncio ``BlockingConnectionPool`` does this too, but costs ~15 µs per command on this
+    path (a condition variable and a timeout task per checkout); a semaphore checked only on checkout
+    costs well under a microsecond when connections are free.
+    """
+
+    class WaitingConnectionPool(_aredis.ConnectionPool):  # type: ignore[misc, name-defined]
+        def __init__(self, *args: Any, wait_timeout: float = 30.0, **kwargs: Any) -> None:
+            slots = kwargs.pop("max_connections", None) or 50
+            super().__init__(*args, **kwargs)
+            self._slots = asyncio.Semaphore(slots)
+            self._wait_timeout = wait_timeout
+
+        async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            if self._slots.locked():
+                try:
+                    await asyncio.wait_for(self._slots.acquire(), self._wait_timeout)
+                except asyncio.TimeoutError:
+                    raise _RedisConnectionError("no free connection in the pool") from None
+            else:
+                await self._slots.acquire()
+            try:
+                return await super().get_connection(*args, **kwargs)
+            except BaseException:
+                self._slots.release()
+                raise
+
+        async def release(self, connection: Any) -> None:
+            try:
+                await super().release(connection)
+            finally:
+                self._slots.release()
+
+    return WaitingConnectionPool
+
+
 class RedisBackend(Backend):
     kind = "redis"
 
@@ -107,6 +218,9 @@ class RedisBackend(Backend):
         self._sync: Any = None
         self._sync_scripts: dict[str, Any] = {}
         self._async: dict[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = {}
+        self._watchdogs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchdog] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
 
     # --- clients -----------------------------------------------------------------------------------
@@ -130,7 +244,12 @@ class RedisBackend(Backend):
                 hosts, socket_timeout=kwargs["socket_timeout"], sentinel_kwargs=None, **auth
             )
             return sentinel.master_for(service, db=db, socket_timeout=kwargs["socket_timeout"])
-        pool = module.BlockingConnectionPool.from_url(self.redis_url, **kwargs)
+        if module is _aredis:
+            wait = kwargs.pop("timeout")
+            kwargs["socket_timeout"] = None  # bounded by _AsyncGuard instead
+            pool = _waiting_pool_class().from_url(self.redis_url, wait_timeout=wait, **kwargs)
+        else:
+            pool = module.BlockingConnectionPool.from_url(self.redis_url, **kwargs)
         return module.Redis(connection_pool=pool)
 
     def _register(self, client: Any) -> dict[str, Any]:
@@ -199,10 +318,12 @@ class RedisBackend(Backend):
 
     # --- sync face ---------------------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
-        _, scripts = self._sync_client()
+        client, scripts = self._sync_client()
         with _transport(self.redis_url):
             try:
-                result: bytes | None = scripts["GET"](keys=[key], args=[self.token_prefix])
+                result: bytes | None = client.evalsha(_GET_SHA, 1, key, self.token_prefix)
+            except _NoScriptError:
+                result = scripts["GET"](keys=[key], args=[self.token_prefix])  # loads the script
             except _RedisResponseError:
                 return None  # e.g. a key of another type under our prefix: garbage is a miss
             return result
@@ -343,6 +464,13 @@ class RedisBackend(Backend):
                 client.close()
                 client.connection_pool.disconnect()
 
+    def _aguard(self, bulk: bool = False) -> _AsyncGuard:
+        loop = asyncio.get_running_loop()
+        watchdog = self._watchdogs.get(loop)
+        if watchdog is None:
+            watchdog = self._watchdogs[loop] = _Watchdog(loop, self.operation_timeout)
+        return _AsyncGuard(self, watchdog, self.connection_timeout if bulk else self.operation_timeout)
+
     def _lock_keys(self, key: str) -> tuple[str, str]:
         user = self.user_key(key)
         return f"{self.meta_prefix}lock:{user}", f"{self.meta_prefix}wake:{user}"
@@ -370,34 +498,36 @@ class RedisBackend(Backend):
 
     async def aacquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
         client, _ = self._async_client()
-        with _transport(self.redis_url):
+        async with self._aguard():
             return bool(await client.set(self._lock_keys(key)[0], owner, nx=True, px=ttl_ms))
 
     async def arelease_lock(self, key: str, owner: str) -> None:
         _, scripts = self._async_client()
-        with _transport(self.redis_url):
+        async with self._aguard():
             await scripts["UNLOCK"](keys=list(self._lock_keys(key)), args=[owner])
 
     async def await_for_release(self, key: str, timeout: float) -> None:
         client, _ = self._async_client()
         wake = self._lock_keys(key)[1]
-        with _transport(self.redis_url):
+        async with self._aguard():
             if await client.blpop([wake], timeout=self._wait_slice(timeout)) is not None:
                 await client.lpush(wake, "1")
 
     # --- async face --------------------------------------------------------------------------------
     async def aget(self, key: str) -> bytes | None:
-        _, scripts = self._async_client()
-        with _transport(self.redis_url):
+        client, scripts = self._async_client()
+        async with self._aguard():
             try:
-                result: bytes | None = await scripts["GET"](keys=[key], args=[self.token_prefix])
+                result: bytes | None = await client.evalsha(_GET_SHA, 1, key, self.token_prefix)
+            except _NoScriptError:
+                result = await scripts["GET"](keys=[key], args=[self.token_prefix])  # loads the script
             except _RedisResponseError:
-                return None
+                return None  # e.g. a key of another type under our prefix: garbage is a miss
             return result
 
     async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
         client, scripts = self._async_client()
-        with _transport(self.redis_url):
+        async with self._aguard():
             pipe = client.pipeline(transaction=False)
             for key in keys:
                 await scripts["GET"](keys=[key], args=[self.token_prefix], client=pipe)
@@ -406,7 +536,7 @@ class RedisBackend(Backend):
 
     async def ainspect(self, key: str) -> Inspected | None:
         _, scripts = self._async_client()
-        with _transport(self.redis_url):
+        async with self._aguard():
             try:
                 return self._inspected(await scripts["INSPECT"](keys=[key], args=[self.token_prefix]))
             except _RedisResponseError:
@@ -416,14 +546,14 @@ class RedisBackend(Backend):
         if not tags:
             return []
         _, scripts = self._async_client()
-        with _transport(self.redis_url):
+        async with self._aguard():
             return [t.decode() for t in await scripts["CAPTURE"](args=self._capture_args(tags))]
 
     async def aset(
         self, items: Sequence[tuple[str, bytes, int]], tags: Sequence[str], tokens: Sequence[str] | None
     ) -> bool:
         client, scripts = self._async_client()
-        with _transport(self.redis_url):
+        async with self._aguard():
             if not tags and len(items) == 1:
                 key, body, ttl_ms = items[0]
                 await client.set(key, _HEADER_END + body, px=ttl_ms)
@@ -435,32 +565,32 @@ class RedisBackend(Backend):
         if not keys:
             return 0
         _, scripts = self._async_client()
-        with _transport(self.redis_url):
+        async with self._aguard():
             return int(await scripts["DELETE"](keys=list(keys), args=[self.token_prefix]))
 
     async def attl(self, key: str) -> int | None:
         _, scripts = self._async_client()
-        with _transport(self.redis_url):
+        async with self._aguard():
             result = await scripts["TTL"](keys=[key], args=[self.token_prefix])
         return None if result is None else int(result)
 
     async def aexpire(self, key: str, ttl_ms: int) -> bool:
         _, scripts = self._async_client()
-        with _transport(self.redis_url):
+        async with self._aguard():
             return bool(await scripts["EXPIRE"](keys=[key], args=[self.token_prefix, ttl_ms]))
 
     async def ainvalidate(self, tags: Sequence[str]) -> int:
         if not tags:
             return 0
         _, scripts = self._async_client()
-        with _transport(self.redis_url):
+        async with self._aguard():
             return int(await scripts["INVALIDATE"](args=self._invalidate_args(tags)))
 
     async def ascan(self, pattern: str, limit: int | None) -> list[str]:
         client, scripts = self._async_client()
         meta = self.meta_prefix.encode()
         found: list[str] = []
-        with _transport(self.redis_url):
+        async with self._aguard(bulk=True):
             batch: list[bytes] = []
             async for raw in client.scan_iter(match=pattern, count=_SCAN_BATCH):
                 if raw.startswith(meta):
@@ -479,7 +609,7 @@ class RedisBackend(Backend):
     async def aflush(self) -> int:
         client, _ = self._async_client()
         removed = 0
-        with _transport(self.redis_url):
+        async with self._aguard(bulk=True):
             batch: list[bytes] = []
             async for raw in client.scan_iter(match=escape_glob(self.namespace) + ":*", count=_SCAN_BATCH):
                 batch.append(raw)
@@ -492,14 +622,14 @@ class RedisBackend(Backend):
 
     async def aping(self) -> None:
         client, _ = self._async_client()
-        with _transport(self.redis_url):
+        async with self._aguard():
             await client.ping()
 
     async def ausage(self) -> tuple[int, int]:
         client, _ = self._async_client()
         meta = self.meta_prefix.encode()
         count = 0
-        with _transport(self.redis_url):
+        async with self._aguard(bulk=True):
             async for raw in client.scan_iter(match=escape_glob(self.namespace) + ":*", count=_SCAN_BATCH):
                 if not raw.startswith(meta):
                     count += 1
@@ -508,7 +638,7 @@ class RedisBackend(Backend):
 
     async def aadd_counters(self, counters: dict[str, int]) -> None:
         client, _ = self._async_client()
-        with _transport(self.redis_url):
+        async with self._aguard():
             pipe = client.pipeline(transaction=False)
             for name, delta in counters.items():
                 pipe.hincrby(self.meta_prefix + "stats", name, delta)
@@ -516,7 +646,7 @@ class RedisBackend(Backend):
 
     async def aread_counters(self) -> dict[str, int]:
         client, _ = self._async_client()
-        with _transport(self.redis_url):
+        async with self._aguard():
             raw = await client.hgetall(self.meta_prefix + "stats")
         return {k.decode(): int(v) for k, v in raw.items()}
 

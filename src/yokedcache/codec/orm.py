@@ -41,9 +41,7 @@ def is_mapped_instance(obj: object) -> bool:
     return isinstance(inspect(obj, raiseerr=False), InstanceState)
 
 
-def encode_instance(
-    obj: Any, encode: EncodeChild, refs: dict[int, int], class_ref: ClassRef
-) -> list[Any]:
+def encode_instance(obj: Any, encode: EncodeChild, refs: dict[int, int], class_ref: ClassRef) -> list[Any]:
     """Arguments of the ``o`` node for ``obj``; ``encode(value, path_segment)`` encodes children."""
     ref = refs.get(id(obj))
     if ref is not None:

@@ -107,9 +107,7 @@ class _Unsupported(Exception):
 # --- public API ---
 
 
-def dumps(
-    value: Any, method: SerializationMethod, *, allow_pickle: bool = False
-) -> tuple[bytes, bool]:
+def dumps(value: Any, method: SerializationMethod, *, allow_pickle: bool = False) -> tuple[bytes, bool]:
     """Encode ``value``; return ``(body, plain)``.
 
     ``plain`` is ``True`` when the body holds no tagged node, so :func:`loads` may return the parsed
@@ -147,9 +145,7 @@ def dumps(
     raise CacheSerializationError(f"unknown serialization method {method!r}")  # pragma: no cover
 
 
-def loads(
-    body: bytes, method: SerializationMethod, *, plain: bool, allow_pickle: bool = False
-) -> Any:
+def loads(body: bytes, method: SerializationMethod, *, plain: bool, allow_pickle: bool = False) -> Any:
     """Decode a body written by :func:`dumps`; raise :class:`CorruptPayload` for anything wrong."""
     try:
         if method is _JSON:
@@ -389,8 +385,7 @@ class _Encoder:
             return str(key)
         raise _Unsupported(
             v,
-            f"time zone {type(tz).__qualname__} is not supported; "
-            "use datetime.timezone or zoneinfo.ZoneInfo",
+            f"time zone {type(tz).__qualname__} is not supported; use datetime.timezone or zoneinfo.ZoneInfo",
         )
 
     def _date(self, v: dt.date) -> Any:
@@ -446,8 +441,7 @@ class _Encoder:
         if found is not cls:
             raise _Unsupported(
                 v,
-                f"class {mod}.{qual} cannot be found by module and qualname; "
-                "define it at module level",
+                f"class {mod}.{qual} cannot be found by module and qualname; define it at module level",
             )
         return mod, qual
 

@@ -65,11 +65,12 @@ class YokedCache:
             self.config.circuit_breaker_timeout,
         )
         self._burst = BurstLogger()
+        self._plain = self.metrics is None and not self._breaker.enabled
         self.flights = SingleFlight()
         self._stats = CacheStats()
         self._published: dict[str, int] = {}
         self._next_publish = time.monotonic() + self.config.stats_publish_interval
-        self._started_at: float | None = None
+        self._started_at: float | None = time.time()
         self._last_error: str | None = None
         self.invalidation_generation = 0  # bumped by every invalidation made through this instance
         self.function_stats: dict[str, Any] = {}
@@ -173,61 +174,83 @@ class YokedCache:
             if self._next_publish <= time.monotonic():
                 await self._publish_stats()
 
+    # A call goes straight to the backend when nothing needs to watch it (no metrics, no breaker, no
+    # queued invalidations): every extra frame between the caller and the socket is paid on each resume
+    # of the await chain, which is measurable on a hit. Failures always take the resilient path.
     def _call(self, call: Call) -> Any:
-        if self.metrics is not None:
-            started = time.perf_counter()
+        backend, name, args = call
+        if self._plain and not self._pending:
             try:
-                return self._call_backend(call)
-            finally:
-                self.metrics.observe(call[1], call[0].kind, time.perf_counter() - started)
-        return self._call_backend(call)
+                result = getattr(backend, name)(*args)
+            except CacheConnectionError as exc:
+                return self._call_resilient(call, exc)
+            if self._breaker.failure_count:
+                self._breaker.record_success()
+            return result
+        return self._call_resilient(call, None)
 
     async def _acall(self, call: Call) -> Any:
-        if self.metrics is not None:
-            started = time.perf_counter()
+        backend, name, args = call
+        if self._plain and not self._pending:
             try:
-                return await self._acall_backend(call)
-            finally:
-                self.metrics.observe(call[1], call[0].kind, time.perf_counter() - started)
-        return await self._acall_backend(call)
+                result = await getattr(backend, "a" + name)(*args)
+            except CacheConnectionError as exc:
+                return await self._acall_resilient(call, exc)
+            if self._breaker.failure_count:
+                self._breaker.record_success()
+            return result
+        return await self._acall_resilient(call, None)
 
-    def _call_backend(self, call: Call) -> Any:
+    def _call_resilient(self, call: Call, error: CacheConnectionError | None) -> Any:
+        """Metrics, breaker, queued-invalidation replay and retries around one backend call."""
         backend, name, args = call
         method = getattr(backend, name)
         attempt = 0
         while True:
+            if error is not None:
+                attempt += 1
+                if not self._should_retry(error, attempt):
+                    raise error
+                time.sleep(backoff(attempt, self.config.retry_delay))
             self._check_breaker()
+            started = time.perf_counter()
             try:
                 if self._pending and backend in self._pending:
                     self._replay_pending(backend)
                 result = method(*args)
             except CacheConnectionError as exc:
-                attempt += 1
-                if not self._should_retry(exc, attempt):
-                    raise
-                time.sleep(backoff(attempt, self.config.retry_delay))
+                error = exc
             else:
                 self._breaker.record_success()
                 return result
+            finally:
+                if self.metrics is not None:
+                    self.metrics.observe(name, backend.kind, time.perf_counter() - started)
 
-    async def _acall_backend(self, call: Call) -> Any:
+    async def _acall_resilient(self, call: Call, error: CacheConnectionError | None) -> Any:
         backend, name, args = call
         method = getattr(backend, "a" + name)
         attempt = 0
         while True:
+            if error is not None:
+                attempt += 1
+                if not self._should_retry(error, attempt):
+                    raise error
+                await asyncio.sleep(backoff(attempt, self.config.retry_delay))
             self._check_breaker()
+            started = time.perf_counter()
             try:
                 if self._pending and backend in self._pending:
                     await self._areplay_pending(backend)
                 result = await method(*args)
             except CacheConnectionError as exc:
-                attempt += 1
-                if not self._should_retry(exc, attempt):
-                    raise
-                await asyncio.sleep(backoff(attempt, self.config.retry_delay))
+                error = exc
             else:
                 self._breaker.record_success()
                 return result
+            finally:
+                if self.metrics is not None:
+                    self.metrics.observe(name, backend.kind, time.perf_counter() - started)
 
     # --- invalidations that could not be delivered ------------------------------------------------------
     def _replay_pending(self, backend: Backend) -> None:
@@ -271,8 +294,6 @@ class YokedCache:
                     logger.error("replaying invalidations failed: %s", exc)
 
     def _check_breaker(self) -> None:
-        if self._started_at is None:
-            self._started_at = time.time()
         if not self._breaker.allow():
             raise CacheConnectionError("circuit breaker is open: skipping the backend")
 
@@ -376,18 +397,24 @@ class YokedCache:
             self.metrics.record_get(hit)
 
     # --- operations (one generator each) --------------------------------------------------------------
+    def _read(self, full: str, body: bytes | None, count: bool) -> Any:
+        value = self.open(full, body)
+        if count:
+            self.count_read(value is not _MISSING)
+        return value
+
+    def _op_drop_garbage(self, backend: Backend, full: str) -> Op[None]:
+        """Remove an entry that could not be decoded, so it is not fetched and rejected again."""
+        yield backend, "delete", ([full],)
+
     def _op_get(self, key: str, default: Any, count: bool = True) -> Op[Any]:
         backend, full = self._full(key)
         body = yield backend, "get", (full,)
-        value = self.open(full, body)
+        value = self._read(full, body, count)
         if value is _MISSING:
-            if count:
-                self.count_read(False)
             if body is not None:
-                yield backend, "delete", ([full],)  # garbage: remove it so it is not decoded again
+                yield from self._op_drop_garbage(backend, full)
             return default
-        if count:
-            self.count_read(True)
         return value
 
     def _op_set(
@@ -645,7 +672,20 @@ class YokedCache:
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The live value stored under ``key``, else ``default`` (so a cached ``None`` is told apart)."""
-        return await self._arun(self._op_get(key, default), default)
+        # Written out rather than run as an operation generator: this is the hit path.
+        backend, full = self._full(key)
+        try:
+            body = await self._acall((backend, "get", (full,)))
+        except CacheConnectionError as exc:
+            return self._backend_failed(exc, default)
+        value = self._read(full, body, True)
+        if self._next_publish <= time.monotonic():
+            await self._publish_stats()
+        if value is _MISSING:
+            if body is not None:
+                await self._arun(self._op_drop_garbage(backend, full), None)
+            return default
+        return value
 
     async def set(
         self,
@@ -880,7 +920,19 @@ class YokedCache:
         self.disconnect_sync()
 
     def get_sync(self, key: str, default: Any = None) -> Any:
-        return self._run(self._op_get(key, default), default)
+        backend, full = self._full(key)
+        try:
+            body = self._call((backend, "get", (full,)))
+        except CacheConnectionError as exc:
+            return self._backend_failed(exc, default)
+        value = self._read(full, body, True)
+        if self._next_publish <= time.monotonic():
+            self._publish_stats_sync()
+        if value is _MISSING:
+            if body is not None:
+                self._run(self._op_drop_garbage(backend, full), None)
+            return default
+        return value
 
     def set_sync(
         self,
