@@ -707,6 +707,20 @@ def test_decoding_never_imports_a_module() -> None:
     assert "antigravity" not in sys.modules
 
 
+def test_resolution_runs_no_module_getattr_hook() -> None:
+    calls: list[str] = []
+    module = types.ModuleType("yc_lazy_module")
+    module.__getattr__ = lambda name: calls.append(name)  # type: ignore[attr-defined]  # PEP 562 hook
+    sys.modules["yc_lazy_module"] = module
+    try:
+        body = orjson.dumps({MARKER: ["dc", "yc_lazy_module", "Thing", {}]})
+        with pytest.raises(CorruptPayload):
+            loads(body, JSON, plain=False)
+    finally:
+        del sys.modules["yc_lazy_module"]
+    assert calls == []
+
+
 CONSTRUCTED: list[Any] = []
 
 

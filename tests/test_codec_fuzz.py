@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import enum
 import math
+import os
 import struct
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -22,7 +23,12 @@ MSGPACK = SerializationMethod.MSGPACK
 PICKLE = SerializationMethod.PICKLE
 SIGNING_KEY = b"fuzz-signing-key"
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# YC_FUZZ_EXAMPLES=5000 for a longer run.
+FUZZ = settings(
+    max_examples=int(os.environ.get("YC_FUZZ_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 # Appended to by any unpickled Exploit; must stay empty. Nothing is patched to make this true.
 UNPICKLED: list[Any] = []

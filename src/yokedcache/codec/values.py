@@ -53,6 +53,7 @@ import datetime as dt
 import enum
 import pickle
 import sys
+import types
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -168,9 +169,10 @@ def loads(body: bytes, method: SerializationMethod, *, plain: bool, allow_pickle
 def resolve_class(module: Any, qualname: Any) -> type:
     """Find a class by module and qualname **without importing anything**.
 
-    The module must already be in :data:`sys.modules`; the qualname is walked with ``getattr`` and
-    every step must be a plain identifier (no ``<locals>``). The caller checks that the result is of
-    the expected kind before using it. Raises :class:`CorruptPayload` otherwise.
+    The module must already be in :data:`sys.modules`; the qualname is walked through the namespaces'
+    ``__dict__`` (so no module ``__getattr__``, descriptor or metaclass hook runs, and nothing can be
+    lazily imported) and every step must be a plain identifier (no ``<locals>``). The caller checks
+    that the result is of the expected kind before using it. Raises :class:`CorruptPayload` otherwise.
     """
     if type(module) is not str or type(qualname) is not str:
         raise CorruptPayload("class reference is not a pair of strings")
@@ -178,9 +180,9 @@ def resolve_class(module: Any, qualname: Any) -> type:
     if obj is None:
         raise CorruptPayload(f"module {module!r} is not imported in this process")
     for part in qualname.split("."):
-        if not part.isidentifier():
+        if not part.isidentifier() or not isinstance(obj, (types.ModuleType, type)):
             raise CorruptPayload(f"class {module}.{qualname} cannot be resolved")
-        obj = getattr(obj, part, None)
+        obj = vars(obj).get(part)
         if obj is None:
             raise CorruptPayload(f"class {module}.{qualname} not found")
     if not isinstance(obj, type):
