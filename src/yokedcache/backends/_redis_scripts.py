@@ -5,17 +5,21 @@ The header lets a script check the entry's recorded tokens against the current o
 as the read; tags never contain control characters, so the first ``\\x1d`` ends the header.
 Tokens live at ``<ns>:__yc__:t:<tag>``; write counts (for ``invalidate_tags``' return value) at
 ``<ns>:__yc__:n:<tag>``.
+
+Reads go through ``redis.pcall``: a key of another type under the prefix (a list, a hash, ...) is garbage,
+never live, and must not abort the script with WRONGTYPE (which would make a listing, ``ttl`` or ``delete``
+raise instead of treating it as a miss). Writes overwrite such keys.
 """
 
 _LIVE = r"""
 local function live(key, tp)
-  local v = redis.call('GET', key)
-  if not v then return nil, nil end
+  local v = redis.pcall('GET', key)
+  if type(v) ~= 'string' then return nil, nil end  -- absent (false) or not a string (an error reply)
   local h = string.find(v, '\29', 1, true)
   if h and h > 1 then
     local header = string.sub(v, 1, h - 1)
     for tag, tok in string.gmatch(header, '([^\30\31]+)\31([^\30]*)') do
-      if redis.call('GET', tp .. tag) ~= tok then
+      if redis.pcall('GET', tp .. tag) ~= tok then
         redis.call('DEL', key)
         return nil, nil
       end
@@ -25,11 +29,21 @@ local function live(key, tp)
 end
 """
 
-# KEYS[1] = entry; ARGV[1] = token prefix. Returns the body of a live entry, else nil.
-GET = _LIVE + r"""
-local v, h = live(KEYS[1], ARGV[1])
-if not v then return false end
-if h then return string.sub(v, h + 1) end
+# KEYS[1] = entry; ARGV[1] = token prefix. Returns the whole stored frame of a live entry, else nil.
+# This is the hit path, so it is written for speed: an untagged entry (first byte \x1d) is returned at
+# once, and the frame is returned as stored (the client strips the header; a Lua substring would copy
+# and intern the whole value).
+GET = r"""
+local v = redis.call('GET', KEYS[1])
+if not v or string.byte(v, 1) == 29 then return v end
+local h = string.find(v, '\29', 1, true)
+if not h then return v end
+for tag, tok in string.gmatch(string.sub(v, 1, h - 1), '([^\30\31]+)\31([^\30]*)') do
+  if redis.call('GET', ARGV[1] .. tag) ~= tok then
+    redis.call('DEL', KEYS[1])
+    return false
+  end
+end
 return v
 """
 
@@ -76,8 +90,8 @@ CAPTURE = r"""
 local out = {}
 for i = 2, #ARGV, 2 do
   local tk = ARGV[1] .. ARGV[i]
-  local cur = redis.call('GET', tk)
-  if not cur then
+  local cur = redis.pcall('GET', tk)
+  if type(cur) ~= 'string' then
     redis.call('SET', tk, ARGV[i + 1])
     cur = ARGV[i + 1]
   end
@@ -96,7 +110,8 @@ for i = 0, ntags - 1 do
   local tag = ARGV[5 + 2 * i]
   local tok = ARGV[6 + 2 * i]
   local tk = ARGV[1] .. tag
-  local cur = redis.call('GET', tk)
+  local cur = redis.pcall('GET', tk)
+  if type(cur) ~= 'string' then cur = nil end
   if ARGV[3] == 'k' then
     if cur ~= tok then return 0 end
   elseif not cur then
@@ -111,7 +126,8 @@ for i = 1, #KEYS do
   redis.call('SET', KEYS[i], header .. ARGV[base + 2 * (i - 1)], 'PX', ARGV[base + 2 * (i - 1) + 1])
 end
 for i = 0, ntags - 1 do
-  redis.call('INCRBY', ARGV[2] .. ARGV[5 + 2 * i], #KEYS)
+  local ck = ARGV[2] .. ARGV[5 + 2 * i]
+  if type(redis.pcall('INCRBY', ck, #KEYS)) ~= 'number' then redis.call('SET', ck, #KEYS) end
 end
 return 1
 """
@@ -123,9 +139,9 @@ local n = 0
 for i = 3, #ARGV, 2 do
   redis.call('SET', ARGV[1] .. ARGV[i], ARGV[i + 1])
   local ck = ARGV[2] .. ARGV[i]
-  local c = redis.call('GET', ck)
+  local c = redis.pcall('GET', ck)
   if c then
-    n = n + tonumber(c)
+    if type(c) == 'string' and tonumber(c) then n = n + tonumber(c) end
     redis.call('DEL', ck)
   end
 end

@@ -1,4 +1,4 @@
-"""Memcached backend: ``pymemcache`` for the sync face, ``aiomcache`` (one client set per event loop) for the async one.
+"""Memcached backend: ``pymemcache`` for the sync face, ``aiomcache`` (clients per event loop) for the async.
 
 Memcached has no scripting, no key enumeration and keys of at most 250 printable bytes, so this backend
 differs from Redis in four ways:
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import math
 import struct
@@ -58,7 +59,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 try:
     import aiomcache as _aiomcache
 except ImportError:  # pragma: no cover
-    _aiomcache = None
+    _aiomcache = None  # type: ignore[assignment]
 
 T = TypeVar("T")
 Cmd = tuple[Any, ...]
@@ -68,6 +69,8 @@ _MAGIC = b"YCm1"
 _HEAD = struct.Struct(">QI")  # expires-at (epoch ms, 0 = never), header length
 _THIRTY_DAYS = 30 * 24 * 3600  # memcached reads larger expiry values as absolute UNIX times
 _GEN_ATTEMPTS = 8
+_WAIT_SLICE = 1.0  # s: longest single wait for a compute lock (the caller loops)
+_POLL_INTERVAL = 0.01
 _UNSUPPORTED = "{} is not supported by the memcached backend (memcached cannot enumerate keys)"
 
 
@@ -167,7 +170,9 @@ class MemcachedBackend(Backend):
         max_connections: int = 10,
     ) -> None:
         if _PooledClient is None or _aiomcache is None:
-            raise ImportError("MemcachedBackend needs the 'memcached' extra: pip install 'yokedcache[memcached]'")
+            raise ImportError(
+                "MemcachedBackend needs the 'memcached' extra: pip install 'yokedcache[memcached]'"
+            )
         super().__init__(key_prefix)
         if isinstance(servers, str):
             servers = [s for s in servers.split(",") if s.strip()]
@@ -217,6 +222,9 @@ class MemcachedBackend(Backend):
 
     def _names_key(self, gen: str) -> str:
         return f"yc:cn:{_digest(gen, self.namespace)}"
+
+    def _lock_key(self, gen: str, full_key: str) -> str:
+        return f"yc:l:{_digest(gen, full_key)}"
 
     def entry_key(self, full_key: str) -> str | None:
         """The memcached key holding ``full_key`` under the generation last seen (for tests and debugging)."""
@@ -455,6 +463,22 @@ class MemcachedBackend(Backend):
                 out[name] = value
         return out
 
+    def _op_acquire_lock(self, key: str, owner: str, ttl_ms: int) -> Op[bool]:
+        gen, _ = yield from self._read(lambda g: [])
+        lease = max(1, math.ceil(ttl_ms / 1000))  # memcached expiry has whole seconds
+        acquired: bool = yield ("add", self._lock_key(gen, key), owner.encode(), lease)
+        return acquired
+
+    def _op_release_lock(self, key: str, owner: str) -> Op[None]:
+        gen, found = yield from self._read(lambda g: [self._lock_key(g, key)])
+        lock_key = self._lock_key(gen, key)
+        if found.get(lock_key) == owner.encode():
+            yield ("delete", [lock_key])
+
+    def _op_lock_held(self, key: str) -> Op[bool]:
+        gen, found = yield from self._read(lambda g: [self._lock_key(g, key)])
+        return self._lock_key(gen, key) in found
+
     # --- drivers ---------------------------------------------------------------------------------------
     def _run(self, op: Op[T]) -> T:
         try:
@@ -462,7 +486,7 @@ class MemcachedBackend(Backend):
             while True:
                 cmd = op.send(self._exec(cmd))
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return stop.value
 
     async def _arun(self, op: Op[T]) -> T:
         try:
@@ -470,7 +494,7 @@ class MemcachedBackend(Backend):
             while True:
                 cmd = op.send(await self._aexec(cmd))
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return stop.value
 
     # --- sync transport (pymemcache) -------------------------------------------------------------------
     def _sync_client(self, node: str) -> Any:
@@ -591,8 +615,7 @@ class MemcachedBackend(Backend):
         if name == "get":
             out: dict[str, bytes] = {}
             for node, keys in self._group(cmd[1]).items():
-                raw_keys = [k.encode() for k in keys]
-                values = await self._acall(node, lambda c, rk=raw_keys: c.multi_get(*rk))
+                values = await self._acall(node, _call("multi_get", *(k.encode() for k in keys)))
                 out.update({k: v for k, v in zip(keys, values) if v is not None})
             return out
         if name == "set":
@@ -602,29 +625,30 @@ class MemcachedBackend(Backend):
             return ok
         if name == "delete":
             for key in dict.fromkeys(cmd[1]):
-                await self._acall(self._node(key), lambda c, k=key.encode(): c.delete(k))
+                await self._acall(self._node(key), _call("delete", key.encode()))
             return None
         if name in ("stats", "version"):
             results = []
             for node in self.servers:
+                result = await self._acall(node, _call(name))
                 if name == "stats":
-                    results.append(await self._acall(node, lambda c: c.stats()))
-                else:
-                    await self._acall(node, lambda c: c.version())
+                    results.append(result)
             return [{_text(k): _text(v) for k, v in r.items()} for r in results] if results else None
         key = cmd[1]
         node = self._node(key)
         raw_key = key.encode()
         if name == "gets":
-            return await self._acall(node, lambda c: c.gets(raw_key))
+            return await self._acall(node, _call("gets", raw_key))
         if name == "add":
-            return await self._acall(node, lambda c: c.add(raw_key, cmd[2], exptime=cmd[3]))
+            return await self._acall(node, _call("add", raw_key, cmd[2], exptime=cmd[3]))
         if name == "cas":
-            return await self._acall(node, lambda c: c.cas(raw_key, cmd[2], cmd[3], exptime=cmd[4]))
+            return await self._acall(node, _call("cas", raw_key, cmd[2], cmd[3], exptime=cmd[4]))
         if name in ("incr", "decr"):
-            return await self._acall(node, lambda c: _incr_decr(c, name, raw_key, cmd[2]))
+            return await self._acall(
+                node, functools.partial(_incr_decr, name=name, key=raw_key, delta=cmd[2])
+            )
         if name == "append":
-            return await self._acall(node, lambda c: c.append(raw_key, cmd[2]))
+            return await self._acall(node, _call("append", raw_key, cmd[2]))
         raise AssertionError(f"unknown memcached command {name!r}")
 
     async def _aset_one(self, key: str, value: bytes, exptime: int) -> bool:
@@ -694,6 +718,29 @@ class MemcachedBackend(Backend):
             with contextlib.suppress(Exception):
                 client.close()
 
+    # cross-process compute lock: ``add`` with the lease as expiry; waiters poll (memcached has no pub/sub)
+    def acquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
+        return self._run(self._op_acquire_lock(key, owner, ttl_ms))
+
+    def release_lock(self, key: str, owner: str) -> None:
+        self._run(self._op_release_lock(key, owner))
+
+    def wait_for_release(self, key: str, timeout: float) -> None:
+        deadline = time.monotonic() + min(timeout, _WAIT_SLICE)
+        while self._run(self._op_lock_held(key)) and time.monotonic() < deadline:
+            time.sleep(_POLL_INTERVAL)
+
+    async def aacquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
+        return await self._arun(self._op_acquire_lock(key, owner, ttl_ms))
+
+    async def arelease_lock(self, key: str, owner: str) -> None:
+        await self._arun(self._op_release_lock(key, owner))
+
+    async def await_for_release(self, key: str, timeout: float) -> None:
+        deadline = time.monotonic() + min(timeout, _WAIT_SLICE)
+        while await self._arun(self._op_lock_held(key)) and time.monotonic() < deadline:
+            await asyncio.sleep(_POLL_INTERVAL)
+
     # --- async face ------------------------------------------------------------------------------------
     async def aget(self, key: str) -> bytes | None:
         return await self._arun(self._op_get(key))
@@ -761,11 +808,20 @@ def _stat(stats: dict[str, str], name: str) -> int:
         return 0
 
 
+def _call(method: str, *args: Any, **kwargs: Any) -> Callable[[Any], Awaitable[Any]]:
+    """``client -> client.<method>(*args, **kwargs)``: one aiomcache command for ``_acall``."""
+
+    def call(client: Any) -> Awaitable[Any]:
+        return getattr(client, method)(*args, **kwargs)
+
+    return call
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-async def _incr_decr(client: Any, name: str, key: bytes, delta: int) -> int | None:
+async def _incr_decr(client: Any, *, name: str, key: bytes, delta: int) -> int | None:
     """aiomcache raises on NOT_FOUND (the reply is only in the message) instead of returning ``None``."""
     try:
         result = await getattr(client, name)(key, delta)

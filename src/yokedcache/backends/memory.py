@@ -79,10 +79,15 @@ class MemoryBackend(InProcessBackend):
         token = self._tokens.get(tag)
         if token is None:
             token = self._tokens[tag] = new_token()
-            if len(self._tokens) > self.max_size * _MAX_TOKENS_FACTOR:
-                dropped, _ = self._tokens.popitem(last=False)
-                self._write_counts.pop(dropped, None)
+            self._trim_tokens()
+        else:
+            self._tokens.move_to_end(tag)  # tags in use are the last to be dropped
         return token
+
+    def _trim_tokens(self) -> None:
+        while len(self._tokens) > self.max_size * _MAX_TOKENS_FACTOR:
+            dropped, _ = self._tokens.popitem(last=False)
+            self._write_counts.pop(dropped, None)
 
     def _evict_to_bounds(self) -> None:
         while len(self._entries) > self.max_size or (
@@ -181,8 +186,13 @@ class MemoryBackend(InProcessBackend):
         with self._lock:
             writes = 0
             for tag in tags:
-                self._tokens[tag] = new_token()
-                self._tokens.move_to_end(tag)
+                if tag in self._tokens:
+                    self._tokens[tag] = new_token()
+                    self._tokens.move_to_end(tag)
+                # A tag without a token is carried by no live entry (a missing token invalidates), and
+                # any value computed against it failed its capture check when the token was dropped: there
+                # is nothing to replace. Creating one here would let invalidations of ever-new tags grow
+                # the map without bound.
                 writes += self._write_counts.pop(tag, 0)
             return writes
 

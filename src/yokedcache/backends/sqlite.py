@@ -1,0 +1,550 @@
+"""SQLite backend: a persistent cache shared by every process of one host (stdlib ``sqlite3``, WAL mode).
+
+Tables (one file may hold several namespaces; every key, tag and counter name starts with ``<namespace>:``)::
+
+    entries(key TEXT PRIMARY KEY, body BLOB, tags TEXT, expires_at REAL)  -- tags: JSON [[tag, token], ...]
+    tokens(tag TEXT PRIMARY KEY, token TEXT)                              -- tag: <ns>:__yc__:t:<tag>
+    counts(tag TEXT PRIMARY KEY, n INTEGER)                               -- writes per tag since invalidation
+    counters(name TEXT PRIMARY KEY, value INTEGER)                        -- fleet-wide stats
+    locks(key TEXT PRIMARY KEY, owner TEXT, expires_at REAL)              -- @cached(lock=True) leases
+
+* **Processes:** WAL journal (readers never block the writer) and a busy timeout (``timeout`` seconds, then
+  ``CacheConnectionError``). Every write that depends on tokens runs in one ``BEGIN IMMEDIATE`` transaction,
+  so a write with captured tokens is checked and stored atomically against invalidations from any process.
+* **Reads:** a hit is one ``SELECT`` of the entry plus, when it recorded tags, one ``SELECT`` of their
+  tokens (both local, no network round trip). Expiry is ``expires_at`` (UNIX seconds, shared by processes).
+* **Purging:** a read that meets an expired or invalidated row deletes it (only if the row is unchanged
+  since it was read); every ``sweep_interval`` seconds a write also deletes this namespace's expired rows.
+* **Async face:** the sync implementation runs in a worker thread (``asyncio.to_thread``). That is exactly
+  what ``aiosqlite`` does (a thread per connection running ``sqlite3``), without a second code path.
+  Connections come from a small pool (``check_same_thread=False``, one user at a time), reopened after
+  ``close()`` and in a forked child.
+* **Globs:** Redis-style patterns (``\\`` escapes) are translated to SQLite ``GLOB`` (which has no escape
+  character: a literal ``*`` becomes ``[*]``), and each match is re-checked with the same regex the other
+  backends use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+from ..exceptions import CacheConnectionError
+from ..keys import glob_to_regex
+from .base import Backend, Inspected, new_token
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries(key TEXT PRIMARY KEY, body BLOB NOT NULL, tags TEXT NOT NULL,
+                                   expires_at REAL);
+CREATE INDEX IF NOT EXISTS entries_expires_at ON entries(expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS tokens(tag TEXT PRIMARY KEY, token TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counts(tag TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS locks(key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL);
+"""
+_CHUNK = 500  # stays under SQLite's host-parameter limit
+_POOL_IDLE_MAX = 8
+_WAIT_SLICE = 1.0  # s: longest single wait for a compute lock (the caller loops)
+_POLL_INTERVAL = 0.01
+
+
+class _Row(NamedTuple):
+    body: bytes
+    tags_json: str
+    recorded: tuple[tuple[str, str], ...] | None  # None: not a row this backend wrote (garbage: dead)
+    expires_at: float | None
+
+
+def glob_to_sqlite(pattern: str) -> str:
+    """Translate a Redis-style glob (``*``, ``?``, ``[...]``, ``\\`` escapes) into SQLite ``GLOB`` syntax.
+
+    SQLite's ``GLOB`` has the same wildcards and classes but no escape character, so an escaped ``*``, ``?``
+    or ``[`` becomes a one-character class (``[*]``), and an unclosed ``[`` (literal in Redis) too.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            out.append(_literal(pattern[i + 1]))
+            i += 2
+            continue
+        if ch in "*?":
+            out.append(ch)
+        elif ch == "[":
+            end = pattern.find("]", i + 2)
+            body = pattern[i + 1 : end] if end != -1 else ""
+            if end == -1:
+                out.append("[[]")
+            elif body == "^":
+                out.append("*")  # degenerate class: let the regex re-check decide
+                i = end
+            else:
+                out.append(f"[{body}]")
+                i = end
+        else:
+            out.append(_literal(ch))
+        i += 1
+    return "".join(out)
+
+
+def _literal(ch: str) -> str:
+    return f"[{ch}]" if ch in "*?[" else ch
+
+
+def _range_end(prefix: str) -> str:
+    """The smallest string greater than every string starting with ``prefix`` (which ends in ``:``)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _parse_tags(text: Any) -> tuple[tuple[str, str], ...] | None:
+    try:
+        pairs = json.loads(text)
+        recorded = tuple((str(tag), str(token)) for tag, token in pairs)
+    except (TypeError, ValueError):
+        return None
+    return recorded
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class SQLiteBackend(Backend):
+    kind = "sqlite"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "yokedcache.db",
+        key_prefix: str | None = None,
+        *,
+        timeout: float = 10.0,
+        sweep_interval: float = 300.0,
+    ) -> None:
+        super().__init__(key_prefix)
+        self.path = os.fspath(path)
+        if self.path == ":memory:" or self.path.startswith("file::memory:"):
+            raise ValueError("SQLiteBackend needs a file path: an in-memory database is not shared")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        self.timeout = float(timeout)
+        self.sweep_interval = sweep_interval
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._epoch = 0
+        self._pid = os.getpid()
+        self._next_sweep = time.monotonic() + sweep_interval if sweep_interval > 0 else None
+
+    # --- connections -----------------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A pooled connection for one operation; sqlite3 errors become ``CacheConnectionError``."""
+        try:
+            with self._lock:
+                if os.getpid() != self._pid:  # forked: the parent's connections are not ours to use
+                    self._pid = os.getpid()
+                    self._idle = []
+                    self._epoch += 1
+                conn = self._idle.pop() if self._idle else None
+                epoch = self._epoch
+            if conn is None:
+                conn = self._open()
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            with self._lock:
+                if epoch == self._epoch and len(self._idle) < _POOL_IDLE_MAX and not conn.in_transaction:
+                    self._idle.append(conn)
+                    conn = None
+            if conn is not None:
+                conn.close()
+        except (sqlite3.ProgrammingError, sqlite3.IntegrityError, sqlite3.InterfaceError):
+            raise  # a bug, not an unavailable store
+        except (sqlite3.DatabaseError, OSError) as exc:  # locked, busy, unreadable file, disk full, ...
+            raise CacheConnectionError(f"sqlite at {self.path}: {type(exc).__name__}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction: other writers wait (busy timeout), readers go on (WAL)."""
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            if conn.in_transaction:  # the body may have rolled back already
+                conn.execute("COMMIT")
+
+    # --- shared reads ----------------------------------------------------------------------------------
+    def _rows(self, conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, _Row]:
+        """Stored rows by key (absent keys are left out)."""
+        out: dict[str, _Row] = {}
+        unique = list(dict.fromkeys(keys))
+        for chunk in _chunks(unique):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT key, body, tags, expires_at FROM entries WHERE key IN ({marks})"
+            for key, body, tags, expires_at in conn.execute(sql, chunk):
+                recorded = _parse_tags(tags) if isinstance(body, bytes) else None
+                out[key] = _Row(body if recorded is not None else b"", tags, recorded, expires_at)
+        return out
+
+    def _tokens(self, conn: sqlite3.Connection, tags: Iterable[str]) -> dict[str, str]:
+        prefix = self.token_prefix
+        names = [prefix + tag for tag in dict.fromkeys(tags)]
+        found: dict[str, str] = {}
+        for chunk in _chunks(names):
+            marks = ",".join("?" * len(chunk))
+            for tag, token in conn.execute(f"SELECT tag, token FROM tokens WHERE tag IN ({marks})", chunk):
+                found[tag[len(prefix) :]] = token
+        return found
+
+    def _split_live(
+        self, conn: sqlite3.Connection, rows: dict[str, _Row], now: float
+    ) -> tuple[dict[str, _Row], list[tuple[str, _Row]]]:
+        """(live rows, dead rows) — dead = expired, tag-invalidated or unreadable."""
+        live: dict[str, _Row] = {}
+        dead: list[tuple[str, _Row]] = []
+        candidates: dict[str, _Row] = {}
+        for key, row in rows.items():
+            if row.recorded is None or (row.expires_at is not None and row.expires_at <= now):
+                dead.append((key, row))
+            else:
+                candidates[key] = row
+        tokens = self._tokens(conn, {tag for r in candidates.values() for tag, _ in r.recorded or ()})
+        for key, row in candidates.items():
+            if all(tokens.get(tag) == token for tag, token in row.recorded or ()):
+                live[key] = row
+            else:
+                dead.append((key, row))
+        return live, dead
+
+    def _purge(self, conn: sqlite3.Connection, dead: list[tuple[str, _Row]]) -> None:
+        """Best effort, never waiting for the write lock: delete dead rows that are still unchanged (another
+        process may have rewritten the key since it was read)."""
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "DELETE FROM entries WHERE key = ? AND tags IS ? AND expires_at IS ?",
+                [(key, row.tags_json, row.expires_at) for key, row in dead],
+            )
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+
+    def _live(self, keys: Sequence[str]) -> dict[str, _Row]:
+        with self._connection() as conn:
+            live, dead = self._split_live(conn, self._rows(conn, keys), time.time())
+            if dead:
+                self._purge(conn, dead)
+            return live
+
+    def _maybe_sweep(self, conn: sqlite3.Connection) -> None:
+        if self._next_sweep is None or time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + self.sweep_interval
+        start = f"{self.namespace}:"
+        conn.execute(
+            "DELETE FROM entries WHERE expires_at <= ? AND key >= ? AND key < ?",
+            (time.time(), start, _range_end(start)),
+        )
+
+    # --- sync face -------------------------------------------------------------------------------------
+    def get(self, key: str) -> bytes | None:
+        row = self._live([key]).get(key)
+        return None if row is None else row.body
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        live = self._live(keys)
+        return [live[k].body if k in live else None for k in keys]
+
+    def inspect(self, key: str) -> Inspected | None:
+        row = self._live([key]).get(key)
+        if row is None:
+            return None
+        ttl_ms = None if row.expires_at is None else max(1, int((row.expires_at - time.time()) * 1000))
+        return Inspected(row.body, tuple(tag for tag, _ in row.recorded or ()), ttl_ms)
+
+    def _create_tokens(self, conn: sqlite3.Connection, tags: Sequence[str]) -> dict[str, str]:
+        current = self._tokens(conn, tags)
+        missing = [tag for tag in tags if tag not in current]
+        if missing:
+            conn.executemany(
+                "INSERT OR IGNORE INTO tokens(tag, token) VALUES (?, ?)",
+                [(self.token_prefix + tag, new_token()) for tag in missing],
+            )
+            current = self._tokens(conn, tags)
+        return current
+
+    def capture_tokens(self, tags: Sequence[str]) -> list[str]:
+        if not tags:
+            return []
+        with self._connection() as conn:
+            current = self._tokens(conn, tags)
+        if any(tag not in current for tag in tags):
+            with self._write() as conn:
+                current = self._create_tokens(conn, tags)
+        return [current[tag] for tag in tags]
+
+    def set(
+        self, items: Sequence[tuple[str, bytes, int]], tags: Sequence[str], tokens: Sequence[str] | None
+    ) -> bool:
+        with self._write() as conn:
+            if tokens is None:
+                current = self._create_tokens(conn, tags) if tags else {}
+                recorded = [(tag, current[tag]) for tag in tags]
+            else:
+                current = self._tokens(conn, tags)
+                if any(current.get(tag) != token for tag, token in zip(tags, tokens)):
+                    conn.execute("ROLLBACK")
+                    return False
+                recorded = list(zip(tags, tokens))
+            tags_json = json.dumps(recorded, ensure_ascii=False, separators=(",", ":"))
+            now = time.time()
+            conn.executemany(
+                "INSERT OR REPLACE INTO entries(key, body, tags, expires_at) VALUES (?, ?, ?, ?)",
+                [(key, body, tags_json, now + ms / 1000 if ms > 0 else None) for key, body, ms in items],
+            )
+            if tags and items:
+                conn.executemany(
+                    "INSERT INTO counts(tag, n) VALUES (?, ?) "
+                    "ON CONFLICT(tag) DO UPDATE SET n = n + excluded.n",
+                    [(self.count_prefix + tag, len(items)) for tag in tags],
+                )
+            self._maybe_sweep(conn)
+        return True
+
+    def delete(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        with self._write() as conn:
+            live, _ = self._split_live(conn, self._rows(conn, keys), time.time())
+            unique = list(dict.fromkeys(keys))
+            for chunk in _chunks(unique):
+                conn.execute(f"DELETE FROM entries WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+        return len(live)
+
+    def ttl(self, key: str) -> int | None:
+        found = self.inspect(key)
+        if found is None:
+            return None
+        return -1 if found.ttl_ms is None else found.ttl_ms
+
+    def expire(self, key: str, ttl_ms: int) -> bool:
+        with self._write() as conn:
+            now = time.time()
+            live, _ = self._split_live(conn, self._rows(conn, [key]), now)
+            if key not in live:
+                return False
+            expires_at = now + ttl_ms / 1000 if ttl_ms > 0 else None
+            conn.execute("UPDATE entries SET expires_at = ? WHERE key = ?", (expires_at, key))
+        return True
+
+    def invalidate(self, tags: Sequence[str]) -> int:
+        if not tags:
+            return 0
+        writes = 0
+        with self._write() as conn:
+            for tag in tags:
+                conn.execute(
+                    "INSERT OR REPLACE INTO tokens(tag, token) VALUES (?, ?)",
+                    (self.token_prefix + tag, new_token()),
+                )
+                count_key = self.count_prefix + tag
+                row = conn.execute("SELECT n FROM counts WHERE tag = ?", (count_key,)).fetchone()
+                if row is not None:
+                    writes += int(row[0])
+                    conn.execute("DELETE FROM counts WHERE tag = ?", (count_key,))
+        return writes
+
+    def scan(self, pattern: str, limit: int | None) -> list[str]:
+        regex = glob_to_regex(pattern)
+        meta = self.meta_prefix
+        found: list[str] = []
+        with self._connection() as conn:
+            cursor = conn.execute(
+                "SELECT key, tags, expires_at FROM entries WHERE key GLOB ? "
+                "AND (expires_at IS NULL OR expires_at > ?)",
+                (glob_to_sqlite(pattern), time.time()),
+            )
+            while limit is None or len(found) < limit:
+                batch = cursor.fetchmany(_CHUNK)
+                if not batch:
+                    break
+                rows: dict[str, _Row] = {}
+                for key, tags, expires_at in batch:
+                    if key.startswith(meta) or not regex.match(key):
+                        continue
+                    recorded = _parse_tags(tags)
+                    if recorded is not None:
+                        rows[key] = _Row(b"", tags, recorded, expires_at)
+                live, _ = self._split_live(conn, rows, time.time())
+                found += [key for key in rows if key in live]
+            cursor.close()
+        return found[:limit] if limit is not None else found
+
+    def flush(self) -> int:
+        start = f"{self.namespace}:"
+        end = _range_end(start)
+        with self._write() as conn:
+            removed = conn.execute("DELETE FROM entries WHERE key >= ? AND key < ?", (start, end)).rowcount
+            conn.execute("DELETE FROM tokens WHERE tag >= ? AND tag < ?", (start, end))
+            conn.execute("DELETE FROM counts WHERE tag >= ? AND tag < ?", (start, end))
+            conn.execute("DELETE FROM counters WHERE name >= ? AND name < ?", (start, end))
+            conn.execute("DELETE FROM locks WHERE key >= ? AND key < ?", (start, end))
+        return int(removed)
+
+    def ping(self) -> None:
+        with self._connection() as conn:
+            conn.execute("SELECT 1").fetchone()
+
+    def usage(self) -> tuple[int, int]:
+        start = f"{self.namespace}:"
+        with self._connection() as conn:
+            count, used = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(length(body) + length(key)), 0) FROM entries "
+                "WHERE key >= ? AND key < ?",
+                (start, _range_end(start)),
+            ).fetchone()
+        return int(count), int(used)
+
+    def _counter_prefix(self) -> str:
+        return f"{self.meta_prefix}stats:"
+
+    def add_counters(self, counters: dict[str, int]) -> None:
+        prefix = self._counter_prefix()
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO counters(name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                [(prefix + name, delta) for name, delta in counters.items()],
+            )
+
+    def read_counters(self) -> dict[str, int]:
+        prefix = self._counter_prefix()
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT name, value FROM counters WHERE name >= ? AND name < ?", (prefix, _range_end(prefix))
+            ).fetchall()
+        return {name[len(prefix) :]: int(value) for name, value in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._epoch += 1  # connections in use are closed when released
+        for conn in idle:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    # --- cross-process compute lock (a row with a lease; waiters poll) ---------------------------------
+    def acquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
+        now = time.time()
+        with self._write() as conn:
+            conn.execute("DELETE FROM locks WHERE key = ? AND expires_at <= ?", (key, now))
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO locks(key, owner, expires_at) VALUES (?, ?, ?)",
+                (key, owner, now + ttl_ms / 1000),
+            )
+            return cursor.rowcount == 1
+
+    def release_lock(self, key: str, owner: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM locks WHERE key = ? AND owner = ?", (key, owner))
+
+    def _lock_held(self, key: str) -> bool:
+        with self._connection() as conn:
+            row = conn.execute("SELECT 1 FROM locks WHERE key = ? AND expires_at > ?", (key, time.time()))
+            return row.fetchone() is not None
+
+    def wait_for_release(self, key: str, timeout: float) -> None:
+        deadline = time.monotonic() + min(timeout, _WAIT_SLICE)
+        while self._lock_held(key) and time.monotonic() < deadline:
+            time.sleep(_POLL_INTERVAL)
+
+    async def aacquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
+        return await asyncio.to_thread(self.acquire_lock, key, owner, ttl_ms)
+
+    async def arelease_lock(self, key: str, owner: str) -> None:
+        await asyncio.to_thread(self.release_lock, key, owner)
+
+    async def await_for_release(self, key: str, timeout: float) -> None:
+        deadline = time.monotonic() + min(timeout, _WAIT_SLICE)
+        while await asyncio.to_thread(self._lock_held, key) and time.monotonic() < deadline:
+            await asyncio.sleep(_POLL_INTERVAL)
+
+    # --- async face: the same code in a worker thread --------------------------------------------------
+    async def aget(self, key: str) -> bytes | None:
+        return await asyncio.to_thread(self.get, key)
+
+    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return await asyncio.to_thread(self.get_many, keys)
+
+    async def ainspect(self, key: str) -> Inspected | None:
+        return await asyncio.to_thread(self.inspect, key)
+
+    async def acapture_tokens(self, tags: Sequence[str]) -> list[str]:
+        return await asyncio.to_thread(self.capture_tokens, tags)
+
+    async def aset(
+        self, items: Sequence[tuple[str, bytes, int]], tags: Sequence[str], tokens: Sequence[str] | None
+    ) -> bool:
+        return await asyncio.to_thread(self.set, items, tags, tokens)
+
+    async def adelete(self, keys: Sequence[str]) -> int:
+        return await asyncio.to_thread(self.delete, keys)
+
+    async def attl(self, key: str) -> int | None:
+        return await asyncio.to_thread(self.ttl, key)
+
+    async def aexpire(self, key: str, ttl_ms: int) -> bool:
+        return await asyncio.to_thread(self.expire, key, ttl_ms)
+
+    async def ainvalidate(self, tags: Sequence[str]) -> int:
+        return await asyncio.to_thread(self.invalidate, tags)
+
+    async def ascan(self, pattern: str, limit: int | None) -> list[str]:
+        return await asyncio.to_thread(self.scan, pattern, limit)
+
+    async def aflush(self) -> int:
+        return await asyncio.to_thread(self.flush)
+
+    async def aping(self) -> None:
+        await asyncio.to_thread(self.ping)
+
+    async def ausage(self) -> tuple[int, int]:
+        return await asyncio.to_thread(self.usage)
+
+    async def aadd_counters(self, counters: dict[str, int]) -> None:
+        await asyncio.to_thread(self.add_counters, counters)
+
+    async def aread_counters(self) -> dict[str, int]:
+        return await asyncio.to_thread(self.read_counters)
+
+    async def aclose(self) -> None:
+        self.close()
