@@ -3,7 +3,7 @@
     python benchmarks/bench_core.py [--quick]
 
 Scenarios (targets are throughput ratios, yokedcache / reference):
-  redis_hit_1kb        cache.get of a 1 KB dict, one connection  vs redis-py asyncio GET + orjson.loads (≥ 0.9)
+  redis_hit_1kb        cache.get of a 1 KB dict, one connection  vs asyncio GET + orjson.loads (≥ 0.9)
   redis_set_get_tags   set with two tags + get                   vs bare SET + GET (≥ 0.8)
   redis_concurrent_100 100 concurrent gets of different keys     vs redis-py, same pool size (≥ 0.9, 0 errors)
   redis_get_sync       get_sync                                   vs sync redis-py GET + orjson.loads (≥ 0.85)
@@ -36,9 +36,18 @@ QUICK = "--quick" in sys.argv
 OPS, ROUNDS = (300, 5) if QUICK else (2000, 9)
 
 
-def scenario(name: str, medians: dict[str, float], ours: str, ref: str, target: float | None, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "median_us": medians, "ours": ours, "reference": ref,
-            "ratio": ratio(medians[ours], medians[ref]), "target": target, **extra}
+def scenario(
+    name: str, medians: dict[str, float], ours: str, ref: str, target: float | None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "median_us": medians,
+        "ours": ours,
+        "reference": ref,
+        "ratio": ratio(medians[ours], medians[ref]),
+        "target": target,
+        **extra,
+    }
 
 
 async def redis_hit() -> dict[str, Any]:
@@ -53,16 +62,23 @@ async def redis_hit() -> dict[str, Any]:
     cashews = Cashews()
     cashews.setup(REDIS, max_connections=1)
     await cashews.set("bench-cashews:hit", VALUE, expire=600)
-    aio = RedisCache(endpoint="127.0.0.1", port=6379, db=13, serializer=JsonSerializer(), namespace="bench-aio")
+    aio = RedisCache(
+        endpoint="127.0.0.1", port=6379, db=13, serializer=JsonSerializer(), namespace="bench-aio"
+    )
     await aio.set("hit", VALUE, ttl=600)
 
     async def bare_get() -> Any:
         return orjson.loads(await bare.get("bench-bare:hit"))
 
     medians = await compare_async(
-        {"yokedcache": lambda: ours.get("hit"), "redis-py + orjson": bare_get,
-         "cashews": lambda: cashews.get("bench-cashews:hit"), "aiocache": lambda: aio.get("hit")},
-        OPS, ROUNDS,
+        {
+            "yokedcache": lambda: ours.get("hit"),
+            "redis-py + orjson": bare_get,
+            "cashews": lambda: cashews.get("bench-cashews:hit"),
+            "aiocache": lambda: aio.get("hit"),
+        },
+        OPS,
+        ROUNDS,
     )
     assert await ours.get("hit") == VALUE
     await cashews.close()
@@ -104,8 +120,9 @@ async def redis_concurrent() -> dict[str, Any]:
         raw = await asyncio.gather(*(bare.get(f"bench-bare:{k}") for k in keys))
         [orjson.loads(r) for r in raw]
 
-    medians = await compare_async({"yokedcache": ours_op, "redis-py + orjson": bare_op},
-                                  max(20, OPS // 50), ROUNDS, ops_per_call=100)
+    medians = await compare_async(
+        {"yokedcache": ours_op, "redis-py + orjson": bare_op}, max(20, OPS // 50), ROUNDS, ops_per_call=100
+    )
     errors += (await ours.get_stats()).errors
     return scenario("redis_concurrent_100", medians, "yokedcache", "redis-py + orjson", 0.9, errors=errors)
 
@@ -116,9 +133,12 @@ def redis_get_sync() -> dict[str, Any]:
     bare = redis.Redis.from_url(REDIS, max_connections=1)
     bare.set("bench-bare:sync", orjson.dumps(VALUE))
     medians = compare_sync(
-        {"yokedcache": lambda: ours.get_sync("sync"),
-         "redis-py + orjson": lambda: orjson.loads(bare.get("bench-bare:sync"))},  # type: ignore[arg-type]
-        OPS, ROUNDS,
+        {
+            "yokedcache": lambda: ours.get_sync("sync"),
+            "redis-py + orjson": lambda: orjson.loads(bare.get("bench-bare:sync")),
+        },  # type: ignore[arg-type]
+        OPS,
+        ROUNDS,
     )
     return scenario("redis_get_sync", medians, "yokedcache", "redis-py + orjson", 0.85)
 
@@ -135,16 +155,22 @@ async def memory_hit() -> dict[str, Any]:
     aio = SimpleMemoryCache()
     await aio.set("hit", VALUE, ttl=600)
     medians = await compare_async(
-        {"yokedcache": lambda: ours.get("hit"), "cashews": lambda: cashews.get("hit"),
-         "aiocache": lambda: aio.get("hit")},
-        OPS * 10, ROUNDS,
+        {
+            "yokedcache": lambda: ours.get("hit"),
+            "cashews": lambda: cashews.get("hit"),
+            "aiocache": lambda: aio.get("hit"),
+        },
+        OPS * 10,
+        ROUNDS,
     )
     return scenario("memory_hit_1kb", medians, "yokedcache", "cashews", 0.8)
 
 
 def _evalsha_calls(client: redis.Redis) -> int:
     stats = client.info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) + int(stats.get("cmdstat_eval", {}).get("calls", 0))
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) + int(
+        stats.get("cmdstat_eval", {}).get("calls", 0)
+    )
 
 
 async def invalidate_scaling() -> dict[str, Any]:
@@ -157,7 +183,9 @@ async def invalidate_scaling() -> dict[str, Any]:
     for size in sizes:
         tag = f"tag{size}"
         for start in range(0, size, 5_000):
-            await ours.set_many({f"{tag}:{i}": i for i in range(start, min(size, start + 5_000))}, ttl=3600, tags=[tag])
+            await ours.set_many(
+                {f"{tag}:{i}": i for i in range(start, min(size, start + 5_000))}, ttl=3600, tags=[tag]
+            )
         samples = []
         for _ in range(9):
             before = _evalsha_calls(probe)
@@ -170,18 +198,30 @@ async def invalidate_scaling() -> dict[str, Any]:
         assert await ours.get(f"{tag}:1") is None
     await ours.flush_all()
     big, small = timings[str(sizes[1])], timings[str(sizes[0])]
-    return {"name": "invalidate_100k", "median_ms": timings, "round_trips": round_trips,
-            "ratio": round(big / small, 3), "target": None,
-            "pass": big < 2.0 and big <= 2 * small and all(v == 1 for v in round_trips.values())}
+    return {
+        "name": "invalidate_100k",
+        "median_ms": timings,
+        "round_trips": round_trips,
+        "ratio": round(big / small, 3),
+        "target": None,
+        "pass": big < 2.0 and big <= 2 * small and all(v == 1 for v in round_trips.values()),
+    }
 
 
 async def main() -> None:
-    scenarios = [await redis_hit(), await redis_set_get_tags(), await redis_concurrent(), redis_get_sync(),
-                 await memory_hit()]
+    scenarios = [
+        await redis_hit(),
+        await redis_set_get_tags(),
+        await redis_concurrent(),
+        redis_get_sync(),
+        await memory_hit(),
+    ]
     print_scenarios(scenarios)
     inv = await invalidate_scaling()
-    print(f"invalidate_tags: {inv['median_ms']} ms, round trips {inv['round_trips']}, "
-          f"100k/1k = {inv['ratio']}  {'PASS' if inv['pass'] else 'MISS'}")
+    print(
+        f"invalidate_tags: {inv['median_ms']} ms, round trips {inv['round_trips']}, "
+        f"100k/1k = {inv['ratio']}  {'PASS' if inv['pass'] else 'MISS'}"
+    )
     scenarios.append(inv)
     if not QUICK:
         print("saved", save("core", scenarios))

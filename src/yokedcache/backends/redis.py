@@ -44,6 +44,9 @@ _SCAN_BATCH = 1000
 _GET_SHA = hashlib.sha1(lua.GET.encode()).hexdigest()
 _SET_SHA = hashlib.sha1(lua.SET.encode()).hexdigest()
 _HEADER_END = b"\x1d"
+# Redis refuses PX/PEXPIRE values whose deadline overflows a signed 64-bit ms clock ("value is not an
+# integer or out of range"); longer TTLs (from ~290 million years up) are clamped to this "forever".
+_MAX_TTL_MS = 2**62
 
 
 class _Watchdog:
@@ -132,7 +135,8 @@ class _transport:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         if exc is not None and isinstance(exc, _TRANSPORT_ERRORS):
-            raise CacheConnectionError(f"redis at {_safe_url(self.url)}: {type(exc).__name__}: {exc}") from exc
+            message = f"redis at {_safe_url(self.url)}: {type(exc).__name__}: {exc}"
+            raise CacheConnectionError(message) from exc
         return False
 
 
@@ -378,7 +382,8 @@ class RedisBackend(Backend):
                 kwargs["socket_timeout"] = None
             pool = _waiting_sync_pool_class().from_url(self.redis_url, wait_timeout=wait, **kwargs)
             if kernel_timeout:
-                pool.connection_class = _kernel_timeout_connection(pool.connection_class, self.operation_timeout)
+                timed = _kernel_timeout_connection(pool.connection_class, self.operation_timeout)
+                pool.connection_class = timed
         return module.Redis(connection_pool=pool)
 
     def _register(self, client: Any) -> dict[str, Any]:
@@ -425,7 +430,7 @@ class RedisBackend(Backend):
         for tag, token in zip(tags, tokens):
             args += (tag, token)
         for _, body, ttl_ms in items:
-            args += (body, ttl_ms)
+            args += (body, min(ttl_ms, _MAX_TTL_MS))
         return args
 
     def _capture_args(self, tags: Sequence[str]) -> list[Any]:
@@ -491,7 +496,7 @@ class RedisBackend(Backend):
         with _transport(self.redis_url):
             if not tags and len(items) == 1:
                 key, body, ttl_ms = items[0]
-                client.set(key, _HEADER_END + body, px=ttl_ms)
+                client.set(key, _HEADER_END + body, px=min(ttl_ms, _MAX_TTL_MS))
                 return True
             keys = [key for key, _, _ in items]
             args = self._set_args(items, tags, tokens)
@@ -516,7 +521,7 @@ class RedisBackend(Backend):
     def expire(self, key: str, ttl_ms: int) -> bool:
         _, scripts = self._sync_client()
         with _transport(self.redis_url):
-            return bool(scripts["EXPIRE"](keys=[key], args=[self.token_prefix, ttl_ms]))
+            return bool(scripts["EXPIRE"](keys=[key], args=[self.token_prefix, min(ttl_ms, _MAX_TTL_MS)]))
 
     def invalidate(self, tags: Sequence[str]) -> int:
         if not tags:
@@ -692,7 +697,7 @@ class RedisBackend(Backend):
         async with self._aguard():
             if not tags and len(items) == 1:
                 key, body, ttl_ms = items[0]
-                await client.set(key, _HEADER_END + body, px=ttl_ms)
+                await client.set(key, _HEADER_END + body, px=min(ttl_ms, _MAX_TTL_MS))
                 return True
             keys = [key for key, _, _ in items]
             args = self._set_args(items, tags, tokens)
@@ -717,7 +722,8 @@ class RedisBackend(Backend):
     async def aexpire(self, key: str, ttl_ms: int) -> bool:
         _, scripts = self._async_client()
         async with self._aguard():
-            return bool(await scripts["EXPIRE"](keys=[key], args=[self.token_prefix, ttl_ms]))
+            args = [self.token_prefix, min(ttl_ms, _MAX_TTL_MS)]
+            return bool(await scripts["EXPIRE"](keys=[key], args=args))
 
     async def ainvalidate(self, tags: Sequence[str]) -> int:
         if not tags:
