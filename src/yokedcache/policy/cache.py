@@ -35,7 +35,7 @@ Call = tuple[Backend, str, tuple[Any, ...]]
 Op = Generator[Call, Any, T]
 
 _MISSING: Any = object()
-REPLAY_INTERVAL = 0.2  # seconds between background attempts to deliver queued invalidations
+REPLAY_INTERVAL = 0.05  # seconds between background attempts to deliver queued invalidations
 _default_lock = threading.Lock()
 _first_cache: YokedCache | None = None
 
