@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 
@@ -722,18 +722,12 @@ class YokedCache:
         value = await self.get(key, _MISSING)
         if value is not _MISSING:
             return value
-        tag_list = normalize_tags(tags)
 
-        async def compute() -> Any:
-            tokens = await self.capture_tokens(tag_list, key)
+        async def produce() -> Any:
             result = factory()
-            if inspect.isawaitable(result):
-                result = await result
-            await self.store_computed(key, result, tokens, tag_list, ttl=ttl, serialization=serialization)
-            return result
+            return await result if inspect.isawaitable(result) else result
 
-        result, _ = await self.flights.arun(self._full(key)[1], compute)
-        return result
+        return await self.fill(key, produce, tags=normalize_tags(tags), ttl=ttl, serialization=serialization)
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         keys = list(keys)
@@ -895,6 +889,93 @@ class YokedCache:
     def wait_for_release_sync(self, key: str, timeout: float) -> None:
         self._run(self._op_lock("wait_for_release", key, timeout), None)
 
+    # --- computing a missing value: the write-after-invalidate guard and single flight ----------------
+    #
+    # A value may be stored, and handed to concurrent callers, only if it cannot predate an invalidation
+    # those callers must see. Tokens are captured before ``produce`` runs; the backend refuses the store
+    # if any changed meanwhile ("stale"). A caller that joined another's computation accepts its result
+    # when that computation started after the caller itself did, or when the result was proven fresh
+    # (stored, or tokens unchanged afterwards); otherwise it computes again. With the backend down nothing
+    # can be proven, so joiners compute for themselves rather than risk an old answer.
+    async def fill(
+        self,
+        key: str,
+        produce: Callable[[], Awaitable[Any]],
+        *,
+        tags: Sequence[str] = (),
+        ttl: float | None = None,
+        serialization: SerializationMethod | str | None = None,
+        single_flight: bool = True,
+        shape: Callable[[Any, float], tuple[Any, float | None] | None] | None = None,
+    ) -> Any:
+        """Compute a missing value for ``key`` with ``produce`` and store it (see the note above).
+
+        ``shape(value, seconds)`` returns the stored form and TTL, or ``None`` to not store the value.
+        """
+        called_at = time.monotonic()
+
+        async def run() -> tuple[Any, float, bool]:
+            started_at = time.monotonic()
+            tokens = await self.capture_tokens(tags, key)
+            clock = time.perf_counter()
+            value = await produce()
+            stored = shape(value, time.perf_counter() - clock) if shape is not None else (value, ttl)
+            outcome = "skipped"
+            if stored is not None:
+                outcome = await self.store_computed(
+                    key, stored[0], tokens, tags, ttl=stored[1], serialization=serialization
+                )
+            fresh = outcome == "stored"
+            if not fresh and outcome != "stale" and tokens is not None:
+                fresh = tokens == (await self.capture_tokens(tags, key))
+            return value, started_at, fresh
+
+        if not single_flight:
+            return (await run())[0]
+        full = self.full_key(key)
+        while True:
+            (value, started_at, fresh), joined = await self.flights.arun(full, run)
+            if not joined or fresh or started_at >= called_at:
+                return value
+
+    def fill_sync(
+        self,
+        key: str,
+        produce: Callable[[], Any],
+        *,
+        tags: Sequence[str] = (),
+        ttl: float | None = None,
+        serialization: SerializationMethod | str | None = None,
+        single_flight: bool = True,
+        shape: Callable[[Any, float], tuple[Any, float | None] | None] | None = None,
+    ) -> Any:
+        """Sync twin of ``fill``: concurrent threads missing one key share one ``produce`` call."""
+        called_at = time.monotonic()
+
+        def run() -> tuple[Any, float, bool]:
+            started_at = time.monotonic()
+            tokens = self.capture_tokens_sync(tags, key)
+            clock = time.perf_counter()
+            value = produce()
+            stored = shape(value, time.perf_counter() - clock) if shape is not None else (value, ttl)
+            outcome = "skipped"
+            if stored is not None:
+                outcome = self.store_computed_sync(
+                    key, stored[0], tokens, tags, ttl=stored[1], serialization=serialization
+                )
+            fresh = outcome == "stored"
+            if not fresh and outcome != "stale" and tokens is not None:
+                fresh = tokens == self.capture_tokens_sync(tags, key)
+            return value, started_at, fresh
+
+        if not single_flight:
+            return run()[0]
+        full = self.full_key(key)
+        while True:
+            (value, started_at, fresh), joined = self.flights.run(full, run)
+            if not joined or fresh or started_at >= called_at:
+                return value
+
     def keep_task(self, task: asyncio.Future[Any]) -> None:
         """Hold a background task until it finishes (cancelled by ``disconnect``)."""
         self._tasks.add(task)
@@ -967,21 +1048,17 @@ class YokedCache:
         value = self.get_sync(key, _MISSING)
         if value is not _MISSING:
             return value
-        tag_list = normalize_tags(tags)
 
-        def compute() -> Any:
-            tokens = self.capture_tokens_sync(tag_list, key)
+        def produce() -> Any:
             result = factory()
             if inspect.isawaitable(result):
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
                 raise TypeError("get_or_set_sync needs a sync factory; use get_or_set for async ones")
-            self.store_computed_sync(key, result, tokens, tag_list, ttl=ttl, serialization=serialization)
             return result
 
-        result, _ = self.flights.run(self._full(key)[1], compute)
-        return result
+        return self.fill_sync(key, produce, tags=normalize_tags(tags), ttl=ttl, serialization=serialization)
 
     def get_many_sync(self, keys: Sequence[str]) -> dict[str, Any]:
         keys = list(keys)
