@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from yokedcache import CacheStats, YokedCache
+from yokedcache.backends.memory import MemoryBackend
 
 
 class Api:
@@ -300,6 +301,62 @@ async def test_get_or_set_is_single_flight(cache: YokedCache) -> None:
     assert await cache.get("k") == "computed"
 
 
+async def test_get_or_set_never_stores_a_value_computed_across_an_invalidation(api: Api) -> None:
+    def factory() -> str:
+        api.cache.invalidate_tags_sync("t")  # a writer commits while the value is being computed
+        return "stale"
+
+    async def async_factory() -> str:
+        await api.cache.invalidate_tags("t")
+        return "stale"
+
+    chosen = async_factory if api.face == "async" else factory
+    assert await api("get_or_set", "k", chosen, tags="t") == "stale"
+    assert await api("get", "k", "miss") == "miss"  # returned to its caller, never stored
+    assert await api("get_or_set", "k", lambda: "fresh", tags="t") == "fresh"
+    assert await api("get", "k") == "fresh"
+
+
+@pytest.mark.parametrize("invalidator", ["same instance", "another instance"])
+async def test_get_or_set_after_an_invalidation_never_joins_an_older_computation(
+    cache: YokedCache, second_view: Any, invalidator: str
+) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def old() -> str:
+        started.set()
+        await release.wait()
+        return "old"
+
+    async def new() -> str:
+        return "new"
+
+    first = asyncio.create_task(cache.get_or_set("k", old, tags="t"))
+    await asyncio.wait_for(started.wait(), 5)
+    writer = cache if invalidator == "same instance" else second_view()
+    await writer.invalidate_tags("t")  # returned: from now on no call may see "old"
+    second = asyncio.create_task(cache.get_or_set("k", new, tags="t"))
+    await asyncio.sleep(0.2)  # the second call is now waiting on the first one's flight
+    release.set()
+    assert await first == "old"  # it started before the invalidation: its own value is fine
+    assert await second == "new"
+    assert await cache.get("k") == "new"
+
+
+async def test_huge_ttls_are_accepted_as_practically_forever(api: Api) -> None:
+    for ttl in (10**9, 10**16, 10**20):
+        assert await api("set", "k", 1, ttl=ttl) is True
+        assert await api("get", "k") == 1
+        assert await api("ttl", "k") >= 10**9
+        assert await api("set", "tagged", 1, ttl=ttl, tags="t") is True
+        assert await api("get", "tagged") == 1
+        assert await api("expire", "k", ttl) is True
+        assert await api("ttl", "k") >= 10**9
+        assert await api("set_many", {"m": 1}, ttl=ttl) is True
+        assert await api("get", "m") == 1
+
+
 # --- batches -----------------------------------------------------------------------------------------
 
 
@@ -529,3 +586,57 @@ async def test_a_fresh_cache_has_zero_stats(cache_config: dict[str, Any]) -> Non
     assert stats.hit_rate == 0.0 and stats.miss_rate == 0.0
     assert stats.key_count == 0
     await fresh.disconnect()
+
+
+# --- lifecycle and routing ------------------------------------------------------------------------------
+
+
+async def test_connect_and_disconnect_are_idempotent_and_keep_the_cache_usable(
+    cache_config: dict[str, Any],
+) -> None:
+    cache = YokedCache(**cache_config)
+    assert await cache.connect() is None
+    assert await cache.connect() is None
+    await cache.set("k", 1)
+    assert await cache.disconnect() is None
+    assert await cache.disconnect() is None
+    assert await cache.get("k") == 1  # reconnects lazily
+    assert cache.connect_sync() is None
+    cache.disconnect_sync()
+    cache.disconnect_sync()
+    assert cache.get_sync("k") == 1
+    async with cache as entered:
+        assert entered is cache
+        assert await cache.get("k") == 1
+    assert await cache.get("k") == 1
+    await cache.flush_all()
+    await cache.disconnect()
+
+
+async def test_routed_prefixes_live_on_their_own_backend(cache_config: dict[str, Any], face: str) -> None:
+    hot = MemoryBackend(max_size=100)
+    routed = YokedCache(**cache_config, prefix_backends={"hot": hot})
+    api = Api(routed, face)
+    ns = routed.config.key_prefix
+    try:
+        assert await api("set_many", {"hot:1": 1, "hot": 0, "cold:1": 2, "hotter": 3}, tags="t") is True
+        assert hot.get(f"{ns}:hot:1") is not None and hot.get(f"{ns}:hot") is not None
+        assert hot.get(f"{ns}:hotter") is None and hot.get(f"{ns}:cold:1") is None  # not "hot" + ":"
+        assert await api("get_many", ["hot:1", "hot", "cold:1", "hotter"]) == {
+            "hot:1": 1,
+            "hot": 0,
+            "cold:1": 2,
+            "hotter": 3,
+        }
+        assert sorted(await api("get_all_keys")) == ["cold:1", "hot", "hot:1", "hotter"]
+        assert (await api("detailed_health_check"))["routes"] == {"hot": "memory"}
+        assert await api("invalidate_tags", "t") == 4  # spans both backends
+        assert await api("get_all_keys") == []
+        await api("set", "hot:2", 2)
+        await api("set", "cold:2", 2)
+        assert await api("flush_all") is True
+        assert await api("get_many", ["hot:2", "cold:2"]) == {"hot:2": None, "cold:2": None}
+        assert hot.internal_sizes()["entries"] == 0
+    finally:
+        await routed.flush_all()
+        await routed.disconnect()
