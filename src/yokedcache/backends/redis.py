@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from ..exceptions import CacheConnectionError
@@ -98,7 +98,7 @@ class _AsyncGuard:
         if task is not None:
             self._watchdog.watch(task, self._timeout)
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         task = self._task
         watchdog = self._watchdog
         if task is not None:
@@ -133,7 +133,7 @@ class _transport:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         if exc is not None and isinstance(exc, _TRANSPORT_ERRORS):
             message = f"redis at {_safe_url(self.url)}: {type(exc).__name__}: {exc}"
             raise CacheConnectionError(message) from exc
@@ -198,7 +198,7 @@ def _waiting_pool_class() -> Any:
     they are: redis-py disconnects a connection on any error during a command, so an idle one is clean.
     """
 
-    class WaitingConnectionPool(_aredis.ConnectionPool):  # type: ignore[misc, name-defined]
+    class WaitingConnectionPool(_aredis.ConnectionPool):
         def __init__(self, *args: Any, wait_timeout: float = 30.0, **kwargs: Any) -> None:
             slots = kwargs.pop("max_connections", None) or 50
             super().__init__(*args, **kwargs)
@@ -248,7 +248,7 @@ def _waiting_sync_pool_class() -> Any:
     When all ``max_connections`` are busy it waits (up to the pool timeout) instead of failing.
     """
 
-    class WaitingSyncConnectionPool(_redis.ConnectionPool):  # type: ignore[misc, name-defined]
+    class WaitingSyncConnectionPool(_redis.ConnectionPool):
         def __init__(self, *args: Any, wait_timeout: float = 30.0, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._freed = threading.Condition()
@@ -387,8 +387,7 @@ class RedisBackend(Backend):
         return module.Redis(connection_pool=pool)
 
     def _register(self, client: Any) -> dict[str, Any]:
-        names = ("GET", "INSPECT", "DELETE", "ALIVE", "TTL", "EXPIRE", "CAPTURE", "SET", "INVALIDATE")
-        names += ("UNLOCK",)
+        names = "GET INSPECT DELETE ALIVE TTL EXPIRE CAPTURE SET INVALIDATE UNLOCK".split()
         return {name: client.register_script(getattr(lua, name)) for name in names}
 
     def _sync_client(self) -> tuple[Any, dict[str, Any]]:

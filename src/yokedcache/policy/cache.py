@@ -428,8 +428,7 @@ class YokedCache:
     ) -> Op[bool]:
         backend, full = self._full(key)
         tag_list = normalize_tags(tags)
-        if ttl is not None and ttl < 0:
-            raise ValueError(f"ttl must be >= 0, got {ttl!r}")
+        _check_ttl(ttl)
         if ttl == 0:
             yield backend, "delete", ([full],)
             return True
@@ -465,8 +464,7 @@ class YokedCache:
 
     def _op_expire(self, key: str, ttl: float) -> Op[bool]:
         backend, full = self._full(key)
-        if ttl < 0:
-            raise ValueError(f"ttl must be >= 0, got {ttl!r}")
+        _check_ttl(ttl)
         if ttl == 0:
             removed = yield backend, "delete", ([full],)
             return bool(removed)
@@ -493,8 +491,7 @@ class YokedCache:
         self, mapping: Mapping[str, Any], ttl: float | None, tags: Any, serialization: Any
     ) -> Op[bool]:
         tag_list = normalize_tags(tags)
-        if ttl is not None and ttl < 0:
-            raise ValueError(f"ttl must be >= 0, got {ttl!r}")
+        _check_ttl(ttl)
         by_backend: dict[Backend, list[tuple[str, bytes, int]]] = {}
         complete = True
         for key, value in mapping.items():
@@ -1230,6 +1227,13 @@ class YokedCache:
 
     def __repr__(self) -> str:
         return f"YokedCache(backend={self._default_backend.kind!r}, key_prefix={self.config.key_prefix!r})"
+
+
+def _check_ttl(ttl: float | None) -> None:
+    if ttl is None:
+        return
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl < 0:
+        raise ValueError(f"ttl must be a finite number >= 0, got {ttl!r}")
 
 
 def _register_first(cache: YokedCache) -> None:
