@@ -387,8 +387,7 @@ class RedisBackend(Backend):
         return module.Redis(connection_pool=pool)
 
     def _register(self, client: Any) -> dict[str, Any]:
-        names = "GET INSPECT DELETE ALIVE TTL EXPIRE CAPTURE SET INVALIDATE UNLOCK".split()
-        return {name: client.register_script(getattr(lua, name)) for name in names}
+        return {name: client.register_script(getattr(lua, name)) for name in lua.SCRIPT_NAMES}
 
     def _sync_client(self) -> tuple[Any, dict[str, Any]]:
         if self._sync is None:
