@@ -11,7 +11,10 @@ never live, and must not abort the script with WRONGTYPE (which would make a lis
 raise instead of treating it as a miss). Writes overwrite such keys.
 """
 
-SCRIPT_NAMES = ("GET", "INSPECT", "DELETE", "ALIVE", "TTL", "EXPIRE", "CAPTURE", "SET", "INVALIDATE", "UNLOCK")
+SCRIPT_NAMES = (
+    *("GET", "INSPECT", "DELETE", "ALIVE", "TTL", "EXPIRE"),
+    *("CAPTURE", "SET", "INVALIDATE", "UNLOCK"),
+)
 
 _LIVE = r"""
 local function live(key, tp)
