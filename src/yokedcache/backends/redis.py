@@ -464,12 +464,18 @@ class RedisBackend(Backend):
             return _body(frame)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        client, scripts = self._sync_client()
+        # EVALSHA straight into the pipeline: a Script object would send SCRIPT EXISTS first, doubling
+        # the round trips; the script is loaded only if the server reports it missing.
+        client, _ = self._sync_client()
         with _transport(self.redis_url):
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                scripts["GET"](keys=[key], args=[self.token_prefix], client=pipe)
-            results = pipe.execute(raise_on_error=False)
+            for _ in range(2):
+                pipe = client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.evalsha(_GET_SHA, 1, key, self.token_prefix)
+                results = pipe.execute(raise_on_error=False)
+                if not any(isinstance(r, _NoScriptError) for r in results):
+                    break
+                client.script_load(lua.GET)
         return [_body(r) if isinstance(r, bytes) else None for r in results]
 
     def inspect(self, key: str) -> Inspected | None:
@@ -665,12 +671,16 @@ class RedisBackend(Backend):
             return _body(frame)
 
     async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        client, scripts = self._async_client()
+        client, _ = self._async_client()
         async with self._aguard():
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                await scripts["GET"](keys=[key], args=[self.token_prefix], client=pipe)
-            results = await pipe.execute(raise_on_error=False)
+            for _ in range(2):
+                pipe = client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.evalsha(_GET_SHA, 1, key, self.token_prefix)
+                results = await pipe.execute(raise_on_error=False)
+                if not any(isinstance(r, _NoScriptError) for r in results):
+                    break
+                await client.script_load(lua.GET)
         return [_body(r) if isinstance(r, bytes) else None for r in results]
 
     async def ainspect(self, key: str) -> Inspected | None:
