@@ -16,7 +16,6 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from typing import Any, TypeVar
 
 from ..backends.base import Backend
@@ -471,7 +470,7 @@ class YokedCache:
         changed: bool = yield backend, "expire", (full, max(1, int(ttl * 1000)))
         return changed
 
-    def _op_get_many(self, keys: Sequence[str]) -> Op[dict[str, Any]]:
+    def _op_get_many(self, keys: Sequence[str], count: bool = True) -> Op[dict[str, Any]]:
         located = [(key, *self._full(key)) for key in keys]
         by_backend: dict[Backend, list[str]] = {}
         for _, backend, full in located:
@@ -482,10 +481,26 @@ class YokedCache:
             bodies.update(zip(fulls, found))
         out: dict[str, Any] = {}
         for key, _, full in located:
-            value = self.open(full, bodies.get(full))
-            self.count_read(value is not _MISSING)
+            value = self._read(full, bodies.get(full), count)
             out[key] = None if value is _MISSING else value
         return out
+
+    def _op_live_entries(self, tags: Any, limit: int = 100_000) -> Op[dict[str, Any]]:
+        """Every live entry (optionally only those carrying any of ``tags``), for search. Not counted
+        as reads: a search is not a lookup."""
+        keys = yield from self._op_keys("*", limit)
+        if tags:
+            wanted = set(normalize_tags(tags))
+            kept = []
+            for key in keys:
+                backend, full = self._full(key)
+                found = yield backend, "inspect", (full,)
+                if found is not None and wanted & set(found.tags):
+                    kept.append(key)
+            keys = kept
+        if not keys:
+            return {}
+        return (yield from self._op_get_many(keys, count=False))
 
     def _op_set_many(
         self, mapping: Mapping[str, Any], ttl: float | None, tags: Any, serialization: Any
@@ -786,21 +801,25 @@ class YokedCache:
     async def fuzzy_search(
         self, query: str, threshold: int | None = None, max_results: int = 100, tags: Any = None
     ) -> list[FuzzySearchResult]:
-        keys = await self.get_all_keys(limit=100_000)
-        values = await self.get_many(keys) if keys else {}
-        tagged = await self._tagged_keys(keys, tags)
-        return self._fuzzy_rank(query, threshold, max_results, values, tagged)
+        """Live entries whose key fuzzily matches ``query`` (needs ``enable_fuzzy`` and rapidfuzz)."""
+        self._require_fuzzy()
+        entries = await self._arun(self._op_live_entries(tags), {})
+        return self._fuzzy_rank(query, threshold, max_results, entries)
 
-    async def _tagged_keys(self, keys: list[str], tags: Any) -> AbstractSet[str] | None:
-        if not tags:
-            return None
-        wanted = set(normalize_tags(tags))
-        out: set[str] = set()
-        for key in keys:
-            meta = await self.get_meta(key)
-            if meta and wanted & set(meta["tags"]):
-                out.add(key)
-        return out
+    async def vector_search(
+        self,
+        query: str,
+        threshold: float = 0.1,
+        max_results: int = 10,
+        tags: Any = None,
+        **vectorizer_options: Any,
+    ) -> list[Any]:
+        """Live entries ranked by TF-IDF similarity of their key and content to ``query`` (``vector``
+        extra)."""
+        from ..vector_search import rank_entries
+
+        entries = await self._arun(self._op_live_entries(tags), {})
+        return rank_entries(entries, query, threshold, max_results, **vectorizer_options)
 
     # --- hooks for integrations (decorators, dependencies, SQL) ----------------------------------------
     def full_key(self, key: str) -> str:
@@ -1114,35 +1133,40 @@ class YokedCache:
     def fuzzy_search_sync(
         self, query: str, threshold: int | None = None, max_results: int = 100, tags: Any = None
     ) -> list[FuzzySearchResult]:
-        keys = self.get_all_keys_sync(limit=100_000)
-        values = self.get_many_sync(keys) if keys else {}
-        tagged = None
-        if tags:
-            wanted = set(normalize_tags(tags))
-            tagged = {k for k in keys if wanted & set((self.get_meta_sync(k) or {}).get("tags", ()))}
-        return self._fuzzy_rank(query, threshold, max_results, values, tagged)
+        self._require_fuzzy()
+        entries = self._run(self._op_live_entries(tags), {})
+        return self._fuzzy_rank(query, threshold, max_results, entries)
 
-    # --- stats, health, search helpers ----------------------------------------------------------------
-    def _fuzzy_rank(
+    def vector_search_sync(
         self,
         query: str,
-        threshold: int | None,
-        max_results: int,
-        values: dict[str, Any],
-        tagged: AbstractSet[str] | None,
-    ) -> list[FuzzySearchResult]:
+        threshold: float = 0.1,
+        max_results: int = 10,
+        tags: Any = None,
+        **vectorizer_options: Any,
+    ) -> list[Any]:
+        from ..vector_search import rank_entries
+
+        entries = self._run(self._op_live_entries(tags), {})
+        return rank_entries(entries, query, threshold, max_results, **vectorizer_options)
+
+    # --- stats, health, search helpers ----------------------------------------------------------------
+    def _require_fuzzy(self) -> None:
         if not self.config.enable_fuzzy:
             raise CacheError("fuzzy search is disabled: set enable_fuzzy=True")
+
+    def _fuzzy_rank(
+        self, query: str, threshold: int | None, max_results: int, entries: dict[str, Any]
+    ) -> list[FuzzySearchResult]:
         try:
             from rapidfuzz import fuzz
         except ImportError:
-            raise ImportError("fuzzy_search needs the 'fuzzy' extra: pip install 'yokedcache[fuzzy]'") from None  # noqa: E501
+            hint = "fuzzy_search needs the 'fuzzy' extra: pip install 'yokedcache[fuzzy]'"
+            raise ImportError(hint) from None
         minimum = self.config.fuzzy_threshold if threshold is None else threshold
         needle = query.lower()
         results = []
-        for key, value in values.items():
-            if tagged is not None and key not in tagged:
-                continue
+        for key, value in entries.items():
             score = round(fuzz.partial_ratio(needle, key.lower()))
             if score >= minimum:
                 results.append(FuzzySearchResult(key, int(score), value))
