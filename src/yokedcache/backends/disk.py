@@ -303,20 +303,25 @@ class DiskCacheBackend(Backend):
 
     def flush(self) -> int:
         removed = 0
-        meta = self.meta_prefix
         with self._errors():
-            while True:
-                batch = []
-                for key in self._namespace_keys():
-                    batch.append(key)
-                    if len(batch) >= _FLUSH_BATCH:
-                        break
-                if not batch:
-                    return removed
-                with self.cache.transact():
-                    for key in batch:
-                        if self.cache.delete(key) and not key.startswith(meta):
-                            removed += 1
+            self.cache.expire()  # diskcache's delete ignores expired items: drop them (anyone's) first
+            batch: list[str] = []
+            for key in self._namespace_keys():  # keyset-paginated: safe while deleting
+                batch.append(key)
+                if len(batch) >= _FLUSH_BATCH:
+                    removed += self._delete_batch(batch)
+                    batch = []
+            removed += self._delete_batch(batch)
+        return removed
+
+    def _delete_batch(self, keys: list[str]) -> int:
+        meta = self.meta_prefix
+        removed = 0
+        with self.cache.transact():
+            for key in keys:
+                if self.cache.delete(key) and not key.startswith(meta):
+                    removed += 1
+        return removed
 
     def ping(self) -> None:
         with self._errors():

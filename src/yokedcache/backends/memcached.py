@@ -18,6 +18,10 @@ differs from Redis in four ways:
 * **No listings.** ``scan`` (patterns, ``get_all_keys``, ``invalidate_pattern``, ``get_keys_by_tag``, fuzzy
   and vector search) raises ``CacheError``.
 
+A process learns the generation on its first operation (one extra round trip, once); writes cost one
+round trip for the generation and tokens, one ``set_many`` and one ``incr`` per tag (the write counts behind
+``invalidate_tags``' return value).
+
 Expiry is checked against the millisecond deadline in the frame (memcached's own expiry, in whole seconds,
 only reclaims memory), so TTLs are as exact as on Redis. Tag tokens have no expiry. Races are resolved in the
 safe direction: a write racing an invalidation records the old token and is simply never served.
@@ -29,6 +33,13 @@ itself is not used because of its failure handling: within ``retry_timeout`` it 
 remapping their keys — when such a server comes back its old tag tokens would make invalidated entries live
 again. Here a server failure is a ``CacheConnectionError`` (the policy layer's fallback and circuit breaker
 handle it) and the key map never changes.
+
+The async face uses ``aiomcache`` clients kept per event loop (one per server, pools of
+``max_connections``). aiomcache has no timeouts and returns a connection to its pool even when a command
+was cut short, so every command runs under ``connection_timeout`` and a timed-out, cancelled or garbled
+command discards that client's connections; its ``incr`` raises on a missing key (handled as "missing").
+``usage()`` (``key_count``/``memory_usage_mb`` in the stats) reports the whole server(s): memcached
+cannot count one namespace.
 """
 
 from __future__ import annotations
@@ -68,6 +79,7 @@ Op = Generator[Cmd, Any, T]
 _MAGIC = b"YCm1"
 _HEAD = struct.Struct(">QI")  # expires-at (epoch ms, 0 = never), header length
 _THIRTY_DAYS = 30 * 24 * 3600  # memcached reads larger expiry values as absolute UNIX times
+_MAX_DEADLINE = 2**63 - 1  # ms; "practically forever" TTLs are clamped to fit the frame
 _GEN_ATTEMPTS = 8
 _WAIT_SLICE = 1.0  # s: longest single wait for a compute lock (the caller loops)
 _POLL_INTERVAL = 0.01
@@ -240,11 +252,19 @@ class MemcachedBackend(Backend):
 
     @staticmethod
     def _exptime(ttl_ms: int) -> int:
-        """Memcached expiry for an entry whose frame deadline is ``ttl_ms`` away (reclaim only)."""
+        """Memcached expiry for an entry whose frame deadline is ``ttl_ms`` away (reclaim only).
+
+        Beyond 30 days memcached wants an absolute time on *its* clock; rather than trust two clocks the
+        item is then left to the LRU (the frame deadline still ends it on time)."""
         if ttl_ms <= 0:
             return 0
         seconds = math.ceil(ttl_ms / 1000) + 1
-        return seconds if seconds <= _THIRTY_DAYS else int(time.time()) + seconds
+        return seconds if seconds <= _THIRTY_DAYS else 0
+
+    @staticmethod
+    def _deadline(ttl_ms: int) -> int:
+        """Frame deadline (epoch ms, 0 = never) of an entry expiring in ``ttl_ms``."""
+        return min(_now_ms() + ttl_ms, _MAX_DEADLINE) if ttl_ms > 0 else 0
 
     # --- operations, written once as generators of memcached commands ---------------------------------
     def _read(self, keys_of: Callable[[str], list[str]]) -> Op[tuple[str, dict[str, bytes]]]:
@@ -354,9 +374,8 @@ class MemcachedBackend(Backend):
         recorded = tuple(zip(tags, current))
         if not items:
             return True
-        now = _now_ms()
         frames = {
-            self._entry_key(gen, key): _frame(body, recorded, now + ttl_ms if ttl_ms > 0 else 0)
+            self._entry_key(gen, key): _frame(body, recorded, self._deadline(ttl_ms))
             for key, body, ttl_ms in items
         }
         # one batch: the longest memcached expiry covers every frame deadline (jitter differs per item)
@@ -391,8 +410,7 @@ class MemcachedBackend(Backend):
             frame = _unframe(raw)
             if frame is None or frame != frames[0] or cas is None:
                 continue  # rewritten meanwhile: check the new value's liveness
-            expires_at = _now_ms() + ttl_ms if ttl_ms > 0 else 0
-            new = _frame(frame.body, frame.recorded, expires_at)
+            new = _frame(frame.body, frame.recorded, self._deadline(ttl_ms))
             if (yield ("cas", entry_key, new, cas, self._exptime(ttl_ms))):
                 return True
         return False
@@ -534,12 +552,15 @@ class MemcachedBackend(Backend):
             for node, keys in self._group(list(cmd[1])).items():
                 values = {k: cmd[1][k] for k in keys}
                 with self._transport(node):
+                    client = self._sync_client(node)
                     try:
-                        failed = self._sync_client(node).set_many(values, expire=cmd[2], noreply=False)
+                        failed = client.set_many(values, expire=cmd[2], noreply=False)
                     except _MemcacheServerError as exc:
-                        if isinstance(exc, _MemcacheClosed) or "too large" not in str(exc):
+                        if not _too_large(exc):
                             raise
-                        failed = list(values)  # over memcached's item size limit: not stored
+                        # pymemcache drops the connection at the first error, so which of the batch were
+                        # stored is unknown: store them one by one, skipping the oversized ones
+                        failed = [k for k, v in values.items() if not self._set_one(client, k, v, cmd[2])]
                 ok = ok and not failed
             return ok
         if name == "delete":
@@ -572,6 +593,15 @@ class MemcachedBackend(Backend):
             if name == "append":
                 return bool(client.append(key, cmd[2], noreply=False))
         raise AssertionError(f"unknown memcached command {name!r}")
+
+    @staticmethod
+    def _set_one(client: Any, key: str, value: bytes, exptime: int) -> bool:
+        try:
+            return bool(client.set(key, value, expire=exptime, noreply=False))
+        except _MemcacheServerError as exc:
+            if not _too_large(exc):
+                raise
+            return False  # over memcached's item size limit (1 MiB by default): not stored
 
     # --- async transport (aiomcache, per event loop) --------------------------------------------------
     def _async_clients(self) -> dict[str, Any]:
@@ -613,9 +643,12 @@ class MemcachedBackend(Backend):
     async def _aexec(self, cmd: Cmd) -> Any:
         name = cmd[0]
         if name == "get":
+            groups = list(self._group(cmd[1]).items())
+            replies = await asyncio.gather(
+                *(self._acall(node, _call("multi_get", *(k.encode() for k in keys))) for node, keys in groups)
+            )  # several servers are asked at once
             out: dict[str, bytes] = {}
-            for node, keys in self._group(cmd[1]).items():
-                values = await self._acall(node, _call("multi_get", *(k.encode() for k in keys)))
+            for (_, keys), values in zip(groups, replies):
                 out.update({k: v for k, v in zip(keys, values) if v is not None})
             return out
         if name == "set":
@@ -815,6 +848,10 @@ def _call(method: str, *args: Any, **kwargs: Any) -> Callable[[Any], Awaitable[A
         return getattr(client, method)(*args, **kwargs)
 
     return call
+
+
+def _too_large(exc: BaseException) -> bool:
+    return not isinstance(exc, _MemcacheClosed) and "too large" in str(exc)
 
 
 def _text(value: Any) -> str:

@@ -62,45 +62,139 @@ class _Row(NamedTuple):
     expires_at: float | None
 
 
-def glob_to_sqlite(pattern: str) -> str:
-    """Translate a Redis-style glob (``*``, ``?``, ``[...]``, ``\\`` escapes) into SQLite ``GLOB`` syntax.
+# A parsed glob: ("*",), ("?",), ("lit", ch) or ("class", negate, ((low, high), ...)).
+_Token = tuple[Any, ...]
+_CLASS_SPECIAL = "]-^"  # characters whose place inside an SQLite class changes their meaning
 
-    SQLite's ``GLOB`` has the same wildcards and classes but no escape character, so an escaped ``*``, ``?``
-    or ``[`` becomes a one-character class (``[*]``), and an unclosed ``[`` (literal in Redis) too.
+
+def _parse_glob(pattern: str) -> list[_Token]:
+    """Parse a glob exactly as ``keys.glob_to_regex`` reads it (Redis ``stringmatchlen`` semantics)."""
+    tokens: list[_Token] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch in "*?":
+            tokens.append((ch,))
+        elif ch == "\\" and i + 1 < n:
+            i += 1
+            tokens.append(("lit", pattern[i]))
+        elif ch == "[":
+            i += 1
+            negate = i < n and pattern[i] == "^"
+            if negate:
+                i += 1
+            items: list[tuple[str, str]] = []
+            while i < n and pattern[i] != "]":
+                if pattern[i] == "\\" and i + 1 < n:
+                    i += 1
+                    items.append((pattern[i], pattern[i]))
+                elif i + 2 < n and pattern[i + 1] == "-":
+                    low, high = sorted((pattern[i], pattern[i + 2]))
+                    items.append((low, high))
+                    i += 2
+                else:
+                    items.append((pattern[i], pattern[i]))
+                i += 1
+            tokens.append(("class", negate, tuple(items)))  # an unterminated class runs to the end
+        else:
+            tokens.append(("lit", ch))
+        i += 1
+    return tokens
+
+
+def _sqlite_class(negate: bool, items: Sequence[tuple[str, str]]) -> str | None:
+    """An SQLite ``[...]`` for a parsed class; ``None`` if it matches nothing.
+
+    SQLite reads ``]`` as a member only first, ``-`` as a member only first or last, ``^`` as negation only
+    first, and has no escapes: so specials become single members placed where they are literal, and a
+    range with a special endpoint is narrowed (the endpoint becomes a member)."""
+    if not items:
+        return "?" if negate else None  # Redis: "[]" matches nothing, "[^]" any one character
+    members: set[str] = set()
+    ranges: list[str] = []
+    for low, high in items:
+        lo, hi = ord(low), ord(high)
+        while lo <= hi and chr(lo) in _CLASS_SPECIAL:
+            members.add(chr(lo))
+            lo += 1
+        while hi >= lo and chr(hi) in _CLASS_SPECIAL:
+            members.add(chr(hi))
+            hi -= 1
+        if lo < hi:
+            ranges.append(f"{chr(lo)}-{chr(hi)}")
+        elif lo == hi:
+            members.add(chr(lo))
+    plain = sorted(m for m in members if m not in _CLASS_SPECIAL)
+    body = "".join(
+        [
+            "]" if "]" in members else "",
+            "-" if "-" in members else "",
+            *ranges,
+            *plain,
+            "^" if "^" in members else "",
+        ]
+    )
+    if body == "^" and not negate:
+        return "^"  # "[^]" would be a negation in SQLite; outside a class "^" is literal
+    return f"[{'^' if negate else ''}{body}]"
+
+
+def glob_to_sqlite(pattern: str) -> str | None:
+    """Translate a Redis-style glob into SQLite ``GLOB`` syntax; ``None`` if the glob matches nothing.
+
+    Same wildcards; but SQLite has no escape character (an escaped ``*``, ``?`` or ``[`` becomes the class
+    ``[*]``) and reads classes differently (see ``_sqlite_class``). The result may match a superset (it
+    never misses a key); ``scan`` re-checks every candidate with the regex the other backends use.
     """
     out: list[str] = []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\" and i + 1 < len(pattern):
-            out.append(_literal(pattern[i + 1]))
-            i += 2
-            continue
-        if ch in "*?":
-            out.append(ch)
-        elif ch == "[":
-            end = pattern.find("]", i + 2)
-            body = pattern[i + 1 : end] if end != -1 else ""
-            if end == -1:
-                out.append("[[]")
-            elif body == "^":
-                out.append("*")  # degenerate class: let the regex re-check decide
-                i = end
-            else:
-                out.append(f"[{body}]")
-                i = end
+    for token in _parse_glob(pattern):
+        if token[0] in "*?":
+            out.append(token[0])
+        elif token[0] == "lit":
+            out.append(f"[{token[1]}]" if token[1] in "*?[" else token[1])
         else:
-            out.append(_literal(ch))
-        i += 1
-    return "".join(out)
+            translated = _sqlite_class(token[1], token[2])
+            if translated is None:
+                return None
+            out.append(translated)
+    result = "".join(out)
+    if "\x00" in result or not _encodable(result):
+        return "*"  # SQLite stops at NUL; lone surrogates cannot be bound: let the regex decide
+    return result
 
 
-def _literal(ch: str) -> str:
-    return f"[{ch}]" if ch in "*?[" else ch
+def _literal_prefix(pattern: str) -> str:
+    prefix: list[str] = []
+    for token in _parse_glob(pattern):
+        if token[0] != "lit":
+            break
+        prefix.append(token[1])
+    return "".join(prefix)
 
 
-def _range_end(prefix: str) -> str:
-    """The smallest string greater than every string starting with ``prefix`` (which ends in ``:``)."""
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _range_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix`` (UTF-8 byte order, which is
+    code point order); ``None`` if there is none (an empty prefix)."""
+    while prefix:
+        code = ord(prefix[-1]) + 1
+        if 0xD800 <= code <= 0xDFFF:
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return prefix[:-1] + chr(code)
+        prefix = prefix[:-1]
+    return None
+
+
+def _namespace_end(prefix: str) -> str:
+    """Upper bound of the keys under ``prefix`` (which ends with ``:``, so one always exists)."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
@@ -173,21 +267,23 @@ class SQLiteBackend(Backend):
                 conn = self._open()
             try:
                 yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
-            with self._lock:
-                if epoch == self._epoch and len(self._idle) < _POOL_IDLE_MAX and not conn.in_transaction:
-                    self._idle.append(conn)
-                    conn = None
-            if conn is not None:
-                conn.close()
+            finally:
+                self._release(conn, epoch)
         except (sqlite3.ProgrammingError, sqlite3.IntegrityError, sqlite3.InterfaceError):
             raise  # a bug, not an unavailable store
         except (sqlite3.DatabaseError, OSError) as exc:  # locked, busy, unreadable file, disk full, ...
             raise CacheConnectionError(f"sqlite at {self.path}: {type(exc).__name__}: {exc}") from exc
+
+    def _release(self, conn: sqlite3.Connection, epoch: int) -> None:
+        if conn.in_transaction:  # an operation failed midway
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        with self._lock:
+            if epoch == self._epoch and len(self._idle) < _POOL_IDLE_MAX and not conn.in_transaction:
+                self._idle.append(conn)
+                return
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -272,7 +368,7 @@ class SQLiteBackend(Backend):
         start = f"{self.namespace}:"
         conn.execute(
             "DELETE FROM entries WHERE expires_at <= ? AND key >= ? AND key < ?",
-            (time.time(), start, _range_end(start)),
+            (time.time(), start, _namespace_end(start)),
         )
 
     # --- sync face -------------------------------------------------------------------------------------
@@ -384,15 +480,27 @@ class SQLiteBackend(Backend):
         return writes
 
     def scan(self, pattern: str, limit: int | None) -> list[str]:
+        translated = glob_to_sqlite(pattern)
+        if translated is None:
+            return []
         regex = glob_to_regex(pattern)
         meta = self.meta_prefix
+        # The glob's literal head (at least "<namespace>:") bounds an index range scan. Keys holding NUL
+        # are handed to the regex whatever GLOB says: SQLite's GLOB stops reading at a NUL.
+        sql = "SELECT key, tags, expires_at FROM entries WHERE key >= ?"
+        head = _literal_prefix(pattern)
+        params: list[Any] = [head]
+        end = _range_end(head) if _encodable(head) else None
+        if end is None:
+            params = [""]
+        else:
+            sql += " AND key < ?"
+            params.append(end)
+        sql += " AND (key GLOB ? OR instr(key, char(0)) > 0) AND (expires_at IS NULL OR expires_at > ?)"
+        params += [translated, time.time()]
         found: list[str] = []
         with self._connection() as conn:
-            cursor = conn.execute(
-                "SELECT key, tags, expires_at FROM entries WHERE key GLOB ? "
-                "AND (expires_at IS NULL OR expires_at > ?)",
-                (glob_to_sqlite(pattern), time.time()),
-            )
+            cursor = conn.execute(sql, params)
             while limit is None or len(found) < limit:
                 batch = cursor.fetchmany(_CHUNK)
                 if not batch:
@@ -411,7 +519,7 @@ class SQLiteBackend(Backend):
 
     def flush(self) -> int:
         start = f"{self.namespace}:"
-        end = _range_end(start)
+        end = _namespace_end(start)
         with self._write() as conn:
             removed = conn.execute("DELETE FROM entries WHERE key >= ? AND key < ?", (start, end)).rowcount
             conn.execute("DELETE FROM tokens WHERE tag >= ? AND tag < ?", (start, end))
@@ -430,7 +538,7 @@ class SQLiteBackend(Backend):
             count, used = conn.execute(
                 "SELECT COUNT(*), COALESCE(SUM(length(body) + length(key)), 0) FROM entries "
                 "WHERE key >= ? AND key < ?",
-                (start, _range_end(start)),
+                (start, _namespace_end(start)),
             ).fetchone()
         return int(count), int(used)
 
@@ -450,7 +558,8 @@ class SQLiteBackend(Backend):
         prefix = self._counter_prefix()
         with self._connection() as conn:
             rows = conn.execute(
-                "SELECT name, value FROM counters WHERE name >= ? AND name < ?", (prefix, _range_end(prefix))
+                "SELECT name, value FROM counters WHERE name >= ? AND name < ?",
+                (prefix, _namespace_end(prefix)),
             ).fetchall()
         return {name[len(prefix) :]: int(value) for name, value in rows}
 
