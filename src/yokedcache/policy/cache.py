@@ -477,7 +477,13 @@ class YokedCache:
             by_backend.setdefault(backend, []).append(full)
         bodies: dict[str, bytes | None] = {}
         for backend, fulls in by_backend.items():
-            found = yield backend, "get_many", (fulls,)
+            try:
+                found = yield backend, "get_many", (fulls,)
+            except CacheConnectionError as exc:
+                if len(by_backend) == 1:
+                    raise
+                self._backend_failed(exc, None)  # one route down: its keys are misses, the others still hit
+                continue
             bodies.update(zip(fulls, found))
         out: dict[str, Any] = {}
         for key, _, full in located:
