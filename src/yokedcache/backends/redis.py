@@ -41,6 +41,7 @@ if _redis is not None:
     _TRANSPORT_ERRORS = (_RedisConnectionError, _RedisTimeoutError, OSError, asyncio.TimeoutError)
 
 _SCAN_BATCH = 1000
+_WAKE_TTL_MS = 2000  # a wake-up list outlives its release only briefly (matches the UNLOCK script)
 _GET_SHA = hashlib.sha1(lua.GET.encode()).hexdigest()
 _SET_SHA = hashlib.sha1(lua.SET.encode()).hexdigest()
 _HEADER_END = b"\x1d"
@@ -639,7 +640,8 @@ class RedisBackend(Backend):
         wake = self._lock_keys(key)[1]
         with _transport(self.redis_url):
             if client.blpop([wake], timeout=self._wait_slice(timeout)) is not None:
-                client.lpush(wake, "1")  # pass the wake-up on to the next waiter
+                # pass the wake-up on to the next waiter; the list must still expire on its own
+                client.pipeline(transaction=False).lpush(wake, "1").pexpire(wake, _WAKE_TTL_MS).execute()
 
     async def aacquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
         client, _ = self._async_client()
@@ -656,7 +658,8 @@ class RedisBackend(Backend):
         wake = self._lock_keys(key)[1]
         async with self._aguard():
             if await client.blpop([wake], timeout=self._wait_slice(timeout)) is not None:
-                await client.lpush(wake, "1")
+                relay = client.pipeline(transaction=False).lpush(wake, "1").pexpire(wake, _WAKE_TTL_MS)
+                await relay.execute()
 
     # --- async face --------------------------------------------------------------------------------
     async def aget(self, key: str) -> bytes | None:
