@@ -232,6 +232,7 @@ class MemoryBackend(InProcessBackend):
         with self._lock:
             for name, delta in counters.items():
                 self._counters[name] = self._counters.get(name, 0) + delta
+            self._counters.setdefault("started_at", int(time.time()))  # first publication
 
     def read_counters(self) -> dict[str, int]:
         with self._lock:

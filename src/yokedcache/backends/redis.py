@@ -595,6 +595,7 @@ class RedisBackend(Backend):
             pipe = client.pipeline(transaction=False)
             for name, delta in counters.items():
                 pipe.hincrby(self.meta_prefix + "stats", name, delta)
+            pipe.hsetnx(self.meta_prefix + "stats", "started_at", int(time.time()))  # first publication
             pipe.execute()
 
     def read_counters(self) -> dict[str, int]:
@@ -799,6 +800,7 @@ class RedisBackend(Backend):
             pipe = client.pipeline(transaction=False)
             for name, delta in counters.items():
                 pipe.hincrby(self.meta_prefix + "stats", name, delta)
+            pipe.hsetnx(self.meta_prefix + "stats", "started_at", int(time.time()))  # first publication
             await pipe.execute()
 
     async def aread_counters(self) -> dict[str, int]:

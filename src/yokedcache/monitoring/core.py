@@ -135,19 +135,22 @@ class CacheMetrics:
         targets: list[tuple[Any, Callable[..., None]]] = []
         for collector in self.collectors:
             hook = getattr(collector, name, None)
-            if hook is None or getattr(type(collector), name, None) is getattr(Collector, name):
-                continue  # not implemented: never called
+            if hook is None or getattr(hook, "__func__", None) is getattr(Collector, name):
+                continue  # not implemented (Collector's no-op): never called
             targets.append((collector, hook))
         if not targets:
             return _noop
         if len(targets) == 1:
             collector, hook = targets[0]
             return hook if getattr(collector, "never_raises", False) else self._guarded(collector, hook)
-        guarded = tuple(self._guarded(collector, hook) for collector, hook in targets)
+        pairs = tuple(targets)
 
         def fan_out(*args: Any) -> None:
-            for hook in guarded:
-                hook(*args)
+            for collector, hook in pairs:
+                try:
+                    hook(*args)
+                except Exception:
+                    self._failed(collector)
 
         return fan_out
 

@@ -40,6 +40,7 @@ BUCKETS: tuple[float, ...] = (
     1.0,
     2.5,
 )
+_FIRST_BUCKET = BUCKETS[0]
 _MAX_OPERATIONS = 64  # (operation, backend) pairs per series; more would be a bug, not traffic
 _RESERVED_LABELS = frozenset({"operation", "backend", "function", "result", "le"})
 
@@ -184,7 +185,7 @@ def _le(bound: float) -> str:
 # registry -> namespace -> export. Weak on the registry so a test's throwaway registry can go.
 _exports: weakref.WeakKeyDictionary[Any, dict[str, _Export]] = weakref.WeakKeyDictionary()
 _exports_lock = threading.Lock()
-_served_ports: dict[int, Any] = {}
+_served_ports: dict[int, Any] = {}  # port -> the registry it serves
 
 
 def _export_for(registry: Any, namespace: str, label_names: tuple[str, ...]) -> _Export:
@@ -231,21 +232,23 @@ class PrometheusCollector(Collector):
         self.registry = registry if registry is not None else prometheus_client.REGISTRY
         self._export = _export_for(self.registry, namespace, tuple(constant))
         self.series = self._export.series_for(tuple(str(v) for v in constant.values()))
+        self._timings = self.series.timings
         self._function_name = self._export.function_names
 
     def start(self) -> None:
         if self.port is None:
             return
         with _exports_lock:
-            if self.port in _served_ports:
+            served = _served_ports.get(self.port)
+            if served is not None:
+                if served is not self.registry:
+                    logger.warning("port %s already serves another Prometheus registry", self.port)
                 return
+            _served_ports[self.port] = self.registry  # one attempt per port, even if it fails
             prometheus_client = require("prometheus_client", "PrometheusCollector")
             try:
-                _served_ports[self.port] = prometheus_client.start_http_server(
-                    self.port, registry=self.registry
-                )
+                prometheus_client.start_http_server(self.port, registry=self.registry)
             except OSError as exc:
-                _served_ports[self.port] = None  # do not retry (and log) on every cache
                 logger.error("cannot serve Prometheus metrics on port %s: %s", self.port, exc)
 
     # --- hooks (hot path: no locks, no calls) -------------------------------------------------------
@@ -271,11 +274,13 @@ class PrometheusCollector(Collector):
         self.series.evictions += n
 
     def observe(self, operation: str, backend_kind: str, seconds: float) -> None:
-        timings = self.series.timings
-        slots = timings.get((operation, backend_kind))
+        slots = self._timings.get((operation, backend_kind))
         if slots is None:
             slots = self.series.timing_slots(operation, backend_kind)
-        slots[bisect_left(BUCKETS, seconds)] += 1
+        if seconds <= _FIRST_BUCKET:  # memory-backend calls: skip the bisect
+            slots[0] += 1
+        else:
+            slots[bisect_left(BUCKETS, seconds)] += 1
         slots[-1] += seconds
 
     def record_function(self, name: str, hit: bool, seconds: float) -> None:
