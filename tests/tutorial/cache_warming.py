@@ -1,3 +1,5 @@
+# ruff: noqa
+# fmt: off
 # cache_warming.py -- the tutorial's file verbatim.
 import asyncio
 from cached_queries import *

@@ -1,3 +1,5 @@
+# ruff: noqa
+# fmt: off
 # cached_queries.py -- the tutorial's Pattern 1 verbatim; only the missing `datetime` import is added.
 from datetime import datetime  # added: the tutorial uses datetime.utcnow() without importing it
 

@@ -1,3 +1,5 @@
+# ruff: noqa
+# fmt: off
 # models.py -- the tutorial's file verbatim (DATABASE_URL comes from the environment, as written).
 from sqlalchemy import create_engine, Column, Integer, String, DateTime, ForeignKey, Text, Boolean
 from sqlalchemy.ext.declarative import declarative_base

@@ -1,3 +1,5 @@
+# ruff: noqa
+# fmt: off
 # monitoring.py -- the tutorial's file verbatim; only the missing `get_user_by_id` import is added.
 import time
 import asyncio

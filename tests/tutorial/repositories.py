@@ -1,3 +1,5 @@
+# ruff: noqa
+# fmt: off
 # repositories.py -- the tutorial's Pattern 3 verbatim; only the missing `cache` import is added.
 from abc import ABC, abstractmethod
 from typing import List, Optional, Dict, Any

@@ -29,6 +29,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
+
 from ..exceptions import CacheKeyError
 
 _EMPTY: Any = inspect.Parameter.empty
@@ -81,132 +83,138 @@ def is_excluded_type(tp: type) -> bool:
 
 
 # --- the canonical encoding ----------------------------------------------------------------------------
+#
+# Each value is turned into a *canonical tree* made only of JSON scalars (str, int, finite float, bool,
+# None) and tuples, and the key hashes the tree's JSON text (orjson: one C call for the whole call). JSON
+# tells those scalars apart (``1``, ``1.0``, ``true``, ``"1"``) and is unambiguous, so equal texts mean
+# equal trees. Every other value becomes a tuple whose first item is a short tag naming its kind, so a list
+# never meets a tuple or a set with the same items, and leaves JSON cannot carry exactly (bytes, NaN and
+# infinities, integers beyond 64 bits, strings with lone surrogates) are tagged too. Containers of plain
+# leaves are built without a Python call per item.
+#
+# The rare leaves are tagged lazily: orjson refuses big integers and lone surrogates, and writes NaN and
+# infinities as ``null``, so only a refusal or a ``null`` in the output sends the tree through ``_strict``
+# (which is the definition; the fast path is taken only when it would change nothing).
+
+_LEAF: frozenset[type] = frozenset((str, int, float, bool, type(None)))
+_EXCLUDED_MARK = ("x",)  # stands in for a session/request argument: constant, and no value encodes to it
 
 
-def _enc(value: Any) -> str:
-    encoder = _ENCODERS.get(type(value))
+def _canon(value: Any) -> Any:
+    tp = type(value)
+    if tp in _LEAF:
+        return value
+    encoder = _CANON.get(tp)
     if encoder is not None:
         return encoder(value)
-    return _encode_object(value)
+    return _canon_object(value)
 
 
-def _enc_str(value: str) -> str:
-    return f"s{len(value)}:{value}"
+def _c_list(value: list[Any]) -> tuple[Any, ...]:
+    return ("l", *[x if type(x) in _LEAF else _canon(x) for x in value])
 
 
-def _enc_int(value: int) -> str:
-    return f"i{value};"
+def _c_tuple(value: tuple[Any, ...]) -> tuple[Any, ...]:
+    return ("t", *[x if type(x) in _LEAF else _canon(x) for x in value])
 
 
-def _enc_float(value: float) -> str:
-    return f"f{value!r};"
+def _c_dict(value: dict[Any, Any]) -> tuple[Any, ...]:
+    if _STR.issuperset(map(type, value)) and _LEAF.issuperset(map(type, value.values())):
+        return ("d", *sorted(value.items()))  # str keys are unique: values are never compared
+    items = [(k, x if type(x) in _LEAF else _canon(x)) for k, x in value.items()]
+    if _STR.issuperset(map(type, value)):
+        items.sort()  # unique str keys (the usual case): a total order, and values are never compared
+    else:
+        items = [(k if type(k) in _LEAF else _canon(k), x) for k, x in items]
+        items.sort(key=_repr_first)  # mixed keys: order by their canonical text
+    return ("d", *items)
 
 
-def _enc_bool(value: bool) -> str:
-    return "T" if value else "F"
+_STR: frozenset[type] = frozenset((str,))
 
 
-def _enc_none(value: None) -> str:
-    return "N"
+def _repr_first(item: tuple[Any, Any]) -> str:
+    return repr(item[0])
 
 
-def _enc_list(value: list[Any]) -> str:
-    return "l[" + "".join([_enc(item) for item in value]) + "]"
+def _c_set(value: set[Any] | frozenset[Any]) -> tuple[Any, ...]:
+    tag = "S" if type(value) is set else "z"
+    return (tag, *sorted([x if type(x) in _LEAF else _canon(x) for x in value], key=repr))
 
 
-def _enc_tuple(value: tuple[Any, ...]) -> str:
-    return "t[" + "".join([_enc(item) for item in value]) + "]"
+def _c_bytes(value: bytes) -> tuple[Any, ...]:
+    return ("b", value.hex())
 
 
-def _enc_dict(value: dict[Any, Any]) -> str:
-    return "d{" + "".join(sorted([_enc(k) + "=" + _enc(v) for k, v in value.items()])) + "}"
+def _c_bytearray(value: bytearray) -> tuple[Any, ...]:
+    return ("B", value.hex())
 
 
-def _enc_set(value: set[Any]) -> str:
-    return "S{" + "".join(sorted([_enc(item) for item in value])) + "}"
+def _c_temporal(value: dt.datetime | dt.date | dt.time) -> tuple[Any, ...]:
+    return ("D", type(value).__name__, value.isoformat())
 
 
-def _enc_frozenset(value: frozenset[Any]) -> str:
-    return "z{" + "".join(sorted([_enc(item) for item in value])) + "}"
+def _c_timedelta(value: dt.timedelta) -> tuple[Any, ...]:
+    return ("td", value.days, value.seconds, value.microseconds)
 
 
-def _enc_bytes(value: bytes) -> str:
-    return f"b{value.hex()};"
+def _c_decimal(value: decimal.Decimal) -> tuple[Any, ...]:
+    return ("dec", str(value))
 
 
-def _enc_bytearray(value: bytearray) -> str:
-    return f"B{value.hex()};"
+def _c_uuid(value: uuid.UUID) -> tuple[Any, ...]:
+    return ("u", value.hex)
 
 
-def _enc_datetime(value: dt.datetime | dt.date | dt.time) -> str:
-    return f"D{type(value).__name__}:{value.isoformat()};"
-
-
-def _enc_timedelta(value: dt.timedelta) -> str:
-    return f"td{value.days},{value.seconds},{value.microseconds};"
-
-
-def _enc_decimal(value: decimal.Decimal) -> str:
-    return f"dec{value};"
-
-
-def _enc_uuid(value: uuid.UUID) -> str:
-    return f"u{value.hex};"
-
-
-_ENCODERS: dict[type, Callable[[Any], str]] = {
-    str: _enc_str,
-    int: _enc_int,
-    float: _enc_float,
-    bool: _enc_bool,
-    type(None): _enc_none,
-    list: _enc_list,
-    tuple: _enc_tuple,
-    dict: _enc_dict,
-    set: _enc_set,
-    frozenset: _enc_frozenset,
-    bytes: _enc_bytes,
-    bytearray: _enc_bytearray,
-    dt.datetime: _enc_datetime,
-    dt.date: _enc_datetime,
-    dt.time: _enc_datetime,
-    dt.timedelta: _enc_timedelta,
-    decimal.Decimal: _enc_decimal,
-    uuid.UUID: _enc_uuid,
+_CANON: dict[type, Callable[[Any], Any]] = {
+    bytes: _c_bytes,
+    list: _c_list,
+    tuple: _c_tuple,
+    dict: _c_dict,
+    set: _c_set,
+    frozenset: _c_set,
+    bytearray: _c_bytearray,
+    dt.datetime: _c_temporal,
+    dt.date: _c_temporal,
+    dt.time: _c_temporal,
+    dt.timedelta: _c_timedelta,
+    decimal.Decimal: _c_decimal,
+    uuid.UUID: _c_uuid,
 }
 
-_BUILTIN_BASES = (str, int, float, tuple, list, dict, set, frozenset, bytes)
+_BUILTIN_BASES = (str, int, float, bytes, tuple, list, dict, set, frozenset)
+_VALUE_BASES = (dt.datetime, dt.date, dt.time, dt.timedelta, decimal.Decimal, uuid.UUID)
 
 
-def _encode_object(value: Any) -> str:
+def _canon_object(value: Any) -> tuple[Any, ...]:
     """Everything that is not an exact builtin type: user hooks, structured types, identities, reprs."""
     tp = type(value)
     if isinstance(value, type):
-        return f"C{_qualname(value)};"  # a class is identified by its import path
+        return ("C", _qualname(value))  # a class is identified by its import path
     custom = getattr(value, "__cache_key__", None)
     if callable(custom):
-        return f"k{_qualname(tp)}(" + _enc(custom()) + ")"
+        return ("k", _qualname(tp), _canon(custom()))
     if isinstance(value, enum.Enum):
-        return f"e{_qualname(tp)}.{value.name};"
+        return ("e", _qualname(tp), value.name)
     identity = _orm_identity(value)
     if identity is not None:
-        return f"o{_qualname(tp)}(" + _enc(identity) + ")"
+        return ("o", _qualname(tp), _canon(identity))
     if dataclasses.is_dataclass(value):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        return f"c{_qualname(tp)}(" + _enc_dict(fields) + ")"
+        return ("c", _qualname(tp), _c_dict(fields))
     pydantic = sys.modules.get("pydantic")
     if pydantic is not None and isinstance(value, pydantic.BaseModel):
-        return f"c{_qualname(tp)}(" + _enc(value.model_dump(mode="python")) + ")"
-    if isinstance(value, _BUILTIN_BASES):  # subclasses: NamedTuple, OrderedDict, str enums' cousins...
+        return ("c", _qualname(tp), _canon(value.model_dump(mode="python")))
+    if isinstance(value, _BUILTIN_BASES):  # subclasses: NamedTuple, OrderedDict, str subclasses, ...
         base: Any = next(t for t in tp.__mro__ if t in _BUILTIN_BASES)
-        return f"c{_qualname(tp)}(" + _ENCODERS[base](base(value)) + ")"
-    for base_type in (dt.datetime, dt.date, dt.time, dt.timedelta, decimal.Decimal, uuid.UUID):
-        if isinstance(value, base_type):  # subclasses of the value types (pendulum, ...)
-            return f"c{_qualname(tp)}(" + _ENCODERS[base_type](value) + ")"
+        return ("c", _qualname(tp), _canon(base(value)))
+    for base in _VALUE_BASES:  # subclasses of the value types (pendulum's DateTime, ...)
+        if isinstance(value, base):
+            return ("c", _qualname(tp), _CANON[base](value))
     if tp.__repr__ is not object.__repr__:
         text = repr(value)
         if "0x" not in text:  # an address means the repr changes per object and per process
-            return f"r{_qualname(tp)}:{len(text)}:{text}"
+            return ("r", _qualname(tp), text)
     raise Unstable(tp.__qualname__)
 
 
@@ -220,9 +228,40 @@ def _orm_identity(value: Any) -> tuple[Any, ...] | None:
     return tuple(state.key[1])
 
 
-def canonical(value: Any) -> str:
+def _strict(tree: Any) -> Any:
+    """Tag the leaves JSON cannot carry exactly: NaN and infinities, integers beyond 64 bits, strings with
+    lone surrogates."""
+    tp = type(tree)
+    if tp is tuple or tp is list:
+        return tuple(_strict(x) for x in tree)
+    if tp is float and tree - tree != 0:
+        return ("f", repr(tree))
+    if tp is int and not _INT_MIN <= tree <= _INT_MAX:
+        return ("i", str(tree))
+    if tp is str:
+        try:
+            tree.encode("utf-8")
+        except UnicodeEncodeError:
+            return ("sx", tree.encode("utf-8", "surrogatepass").hex())
+    return tree
+
+
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def _dumps(tree: Any) -> bytes:
+    try:
+        text = orjson.dumps(tree)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_strict(tree))
+    if b"null" in text:  # None, or a NaN/infinity that orjson wrote as null
+        return orjson.dumps(_strict(tree))
+    return text
+
+
+def canonical(value: Any) -> bytes:
     """The canonical text of one value (raises ``Unstable`` for values without a stable form)."""
-    return _enc(value)
+    return _dumps(_canon(value))
 
 
 # --- binding and hashing -------------------------------------------------------------------------------
@@ -253,26 +292,28 @@ class KeyBuilder:
         )
         unknown = self.excluded - set(self.names)
         if unknown and self.var_keyword is None:
-            raise ValueError(f"exclude_args names unknown parameters {sorted(unknown)} of {func.__qualname__}")
-        self.key_params: list[tuple[str, str]] = [
-            (p.name, f"{p.name}=")
+            raise ValueError(f"exclude_args names unknown parameters {sorted(unknown)} of {func!r}")
+        key_indexes = [
+            index
             for index, p in enumerate(params)
             if not (index == 0 and self.skip_first) and p.name not in self.excluded
         ]
+        self.key_names: list[str] = [params[i].name for i in key_indexes]
+        # For all-positional calls: which arguments make the key (None: all of them, in order).
+        self.key_indexes: list[int] | None = None if len(key_indexes) == len(params) else key_indexes
         self.defaults = {p.name: p.default for p in params if p.default is not _EMPTY}
         self.fast = all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params)
         self.positional = sum(1 for p in params if p.kind is p.POSITIONAL_OR_KEYWORD)
         self.count = len(params)
-
-    def placeholder_self(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        """Helpers called without ``self``/``cls`` get a stand-in: it is never part of the key."""
-        return (None, *args) if self.skip_first else args
+        # Every parameter can be given positionally: a call with exactly that many positional arguments
+        # and no keywords binds in order (the commonest call, kept to a zip).
+        self.all_positional = self.fast and self.positional == self.count
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Arguments by parameter name, in signature order, defaults applied."""
         if self.fast:
             given = len(args)
-            if not kwargs and given == self.count:
+            if not kwargs and given == self.count and self.all_positional:
                 return dict(zip(self.names, args))
             if given <= self.positional:
                 bound: dict[str, Any] = {}
@@ -307,24 +348,45 @@ class KeyBuilder:
         return flat
 
     def digest(self, bound: dict[str, Any]) -> str:
-        """First 32 hex chars of the SHA-256 of the canonical arguments."""
-        parts: list[str] = []
+        """First 32 hex chars of the SHA-256 of the canonical arguments (in signature order)."""
+        return self._hash([bound[name] for name in self.key_names])
+
+    def digest_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """``digest(bind(args, kwargs))`` without building the bound dict for all-positional calls."""
+        if not kwargs and len(args) == self.count and self.all_positional:
+            key_indexes = self.key_indexes
+            return self._hash(list(args) if key_indexes is None else [args[i] for i in key_indexes])
+        return self.digest(self.bind(args, kwargs))
+
+    def _hash(self, values: list[Any]) -> str:
+        if not _LEAF.issuperset(map(type, values)):
+            self._canonicalize(values)
+        return hashlib.sha256(_dumps(values)).hexdigest()[:32]
+
+    def _canonicalize(self, values: list[Any]) -> None:
+        """Replace, in place, each argument that is not a plain leaf by its canonical tree."""
         name = ""
         try:
-            for name, prefix in self.key_params:
-                value = bound[name]
-                encoder = _ENCODERS.get(type(value))
-                if encoder is not None:
-                    parts.append(prefix + encoder(value))
-                elif name == self.var_keyword:
-                    extra = {
-                        k: v
-                        for k, v in value.items()
-                        if k not in self.excluded and not is_excluded_type(type(v))
-                    }
-                    parts.append(prefix + _enc_dict(extra))
-                elif not is_excluded_type(type(value)):
-                    parts.append(prefix + _encode_object(value))
+            for index, value in enumerate(values):
+                tp = type(value)
+                if tp in _LEAF:
+                    continue
+                name = self.key_names[index]
+                encoder = _CANON.get(tp)
+                if name == self.var_keyword:
+                    values[index] = _c_dict(
+                        {
+                            k: v
+                            for k, v in value.items()
+                            if k not in self.excluded and not is_excluded_type(type(v))
+                        }
+                    )
+                elif encoder is not None:
+                    values[index] = encoder(value)
+                elif is_excluded_type(tp):
+                    values[index] = _EXCLUDED_MARK
+                else:
+                    values[index] = _canon_object(value)
         except Unstable as exc:
             raise CacheKeyError(
                 f"argument {name!r} has no stable cache key representation ({exc}); "
@@ -334,12 +396,10 @@ class KeyBuilder:
             ) from None
         except RecursionError:
             raise CacheKeyError(
-                f"argument {name!r} is too deeply nested (or self-referencing) to build a cache key; "
+                f"argument {name!r} is too deeply nested (or refers to itself) to build a cache key; "
                 f"pass key_builder=... or exclude_args=[{name!r}]",
                 parameter=name,
             ) from None
-        text = "".join(parts)
-        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 __all__ = ["KeyBuilder", "Unstable", "canonical", "is_excluded_type"]

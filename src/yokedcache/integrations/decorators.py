@@ -1,8 +1,20 @@
 """``@cached``: function and method caching that stays correct under concurrency and invalidation.
 
-A call builds its key from the bound arguments, reads the entry (one round trip), and on a miss captures
-the tags' tokens *before* running the function, so a result computed from data that an invalidation has
-since replaced is never served afterwards. Concurrent misses of one key share one execution.
+A call builds its key from the bound arguments (:mod:`.arguments`), reads the entry (one round trip), and on
+a miss captures the tags' tokens *before* running the function, so a result computed from data that an
+invalidation has since replaced is never served afterwards (the backend refuses the write). Concurrent
+misses of one key share one execution (in-process single flight, and with ``lock=True`` a lease in the
+backend shared by every process).
+
+Stored shape. Plain entries hold the value itself. When a feature needs to know an entry's age
+(``stale_ttl``, ``serve_stale_on_error``, ``early_refresh``) the entry holds a *record*
+``{"__yc_record__": [value, fresh_until, compute_seconds]}``: ``fresh_until`` (UNIX seconds, jittered per
+entry) is when the value stops being fresh, and the backend keeps the entry for the retention window after
+that, so the decorator alone decides between "fresh", "serve stale and refresh" and "miss".
+
+The decorator uses only the cache's public API plus the documented integration hooks: ``peek``,
+``capture_tokens``, ``store_computed``, ``flights``, ``invalidation_generation``, ``function_stats``,
+``keep_task`` and the lock hooks.
 """
 
 from __future__ import annotations
@@ -13,13 +25,14 @@ import inspect
 import logging
 import math
 import random
+import secrets
+import string
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
-from ..exceptions import CacheConnectionError
-from ..backends.base import new_token
+from ..config import jittered_ttl_ms
 from ..keys import normalize_tags
 from ..models import SerializationMethod
 from ..policy.cache import MISSING, YokedCache, get_default_cache
@@ -28,8 +41,9 @@ from .arguments import KeyBuilder
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("yokedcache")
 
-# Stored shape when a stale or early-refresh feature is on: [value, fresh_until (unix s), compute seconds].
 _RECORD_MARK = "__yc_record__"
+_EARLY_SPREAD = 0.01  # early refresh: the exponential's scale is at least this fraction of the TTL
+_LOCK_BACKOFF_MAX = 0.05  # s: longest pause between lock attempts when a wake-up found nothing
 
 
 class FunctionStats:
@@ -57,36 +71,104 @@ class FunctionStats:
         }
 
 
+def _as_list(tags: Any) -> list[str]:
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        return [tags]
+    return list(tags)
+
+
+def _template_fields(template: str) -> list[str]:
+    """Root names of a tag template's ``{placeholders}`` (``"user:{user.id}"`` → ``["user"]``)."""
+    roots = []
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field is not None:
+            root = field.split(".", 1)[0].split("[", 1)[0]
+            if not root or root.isdigit():
+                raise ValueError(f"tag template {template!r} must name parameters, e.g. 'user:{{user_id}}'")
+            roots.append(root)
+    return roots
+
+
+def _keyword_filter(func: Callable[..., Any]) -> frozenset[str] | None:
+    """Names a tags callable accepts, or None when it takes ``**kwargs`` (then it gets everything)."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
 class _Options:
     """Everything a decorated function needs, computed once at decoration time."""
 
-    def __init__(self, func: Callable[..., Any], **options: Any) -> None:
+    def __init__(self, func: Callable[..., Any], skip_first: bool | None, **options: Any) -> None:
         self.func = func
-        self.name = f"{func.__module__}.{func.__qualname__}"
+        qualname = getattr(func, "__qualname__", None) or type(func).__qualname__  # partials, callables
+        self.name = f"{getattr(func, '__module__', None) or 'builtins'}.{qualname}"
         self.cache: YokedCache | None = options["cache"]
         self.ttl: float | None = options["ttl"]
         self.serialization: SerializationMethod | str | None = options["serialization"]
+        if self.serialization is not None:
+            SerializationMethod.parse(self.serialization)  # a typo fails at import, not at the first miss
         self.single_flight: bool = options["single_flight"]
         self.serve_stale_on_error: bool = options["serve_stale_on_error"]
-        self.stale_ttl: float = options["stale_ttl"]
-        self.stale_if_error_ttl: float = options["stale_if_error_ttl"]
+        self.stale_ttl: float = float(options["stale_ttl"])
+        self.stale_if_error_ttl: float = float(options["stale_if_error_ttl"])
         self.key_builder: Callable[..., str] | None = options["key_builder"]
         self.condition: Callable[[Any], bool] | None = options["condition"]
         self.early_refresh: bool = options["early_refresh"]
         self.lock: bool = options["lock"]
-        self.lock_timeout: float = options["lock_timeout"]
+        self.lock_timeout: float = float(options["lock_timeout"])
+        if self.stale_ttl < 0 or self.stale_if_error_ttl < 0 or self.lock_timeout <= 0:
+            raise ValueError("stale_ttl and stale_if_error_ttl must be >= 0 and lock_timeout > 0")
         self.segment = f"{options['cache_key_prefix'] or 'fn'}:{self.name}"
-        self.keys = KeyBuilder(func, options["exclude_args"])
-        self.tags_spec = options["tags"]
-        self.static_tags: tuple[str, ...] | None = None
-        if not callable(self.tags_spec) and not any("{" in t for t in _as_list(self.tags_spec)):
-            self.static_tags = normalize_tags(self.tags_spec)
+        self.keys = KeyBuilder(func, options["exclude_args"], skip_first=skip_first)
+        self._init_tags(options["tags"])
         self.records = self.early_refresh or self.stale_ttl > 0 or self.serve_stale_on_error
-        self.retention = 0.0
-        if self.records:
-            self.retention = max(self.stale_ttl, self.stale_if_error_ttl if self.serve_stale_on_error else 0)
+        self.retention = self.stale_ttl
+        if self.serve_stale_on_error:
+            self.retention = max(self.stale_ttl, self.stale_if_error_ttl)
         self.refreshing: set[str] = set()
+        self.refreshing_lock = threading.Lock()
 
+    # --- tags ----------------------------------------------------------------------------------------
+    def _init_tags(self, spec: Any) -> None:
+        self.static_tags: tuple[str, ...] | None = None
+        self.tag_callable: Callable[..., Any] | None = None
+        self.tag_accepts: frozenset[str] | None = None
+        self.tag_templates: list[str] = []
+        if callable(spec):
+            self.tag_callable = spec
+            self.tag_accepts = _keyword_filter(spec)
+            return
+        tags = _as_list(spec)
+        known = set(self.keys.names)
+        for tag in tags:
+            if not isinstance(tag, str):
+                raise ValueError(f"tags must be strings, got {tag!r}")
+            for root in _template_fields(tag):
+                if root not in known and self.keys.var_keyword is None:
+                    raise ValueError(f"tag template {tag!r} names {root!r}, which is not a parameter")
+        if any("{" in t for t in tags):
+            self.tag_templates = tags
+        else:
+            self.static_tags = normalize_tags(tags)
+
+    def tags_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, ...]:
+        if self.static_tags is not None:
+            return self.static_tags
+        values = self.keys.template_values(self.keys.bind(args, kwargs))
+        if self.tag_callable is not None:
+            accepts = self.tag_accepts
+            given = values if accepts is None else {k: v for k, v in values.items() if k in accepts}
+            return normalize_tags(self.tag_callable(**given))
+        return normalize_tags([t.format_map(values) if "{" in t else t for t in self.tag_templates])
+
+    # --- keys, caches, stats -------------------------------------------------------------------------
     def resolve_cache(self) -> YokedCache:
         return self.cache if self.cache is not None else get_default_cache()
 
@@ -96,51 +178,96 @@ class _Options:
             found = cache.function_stats.setdefault(self.name, FunctionStats())
         return found
 
-    def key_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        bound = self.keys.bind(args, kwargs)
+    def key_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """A call's user key; ``CacheKeyError`` for an unstable argument, ``TypeError`` for a bad call."""
         if self.key_builder is not None:
-            return str(self.key_builder(*args, **kwargs)), bound
-        return f"{self.segment}:{self.keys.digest(bound)}", bound
-
-    def tags_for(self, bound: dict[str, Any]) -> tuple[str, ...]:
-        if self.static_tags is not None:
-            return self.static_tags
-        spec = self.tags_spec
-        if callable(spec):
-            return normalize_tags(spec(**bound))
-        return normalize_tags([t.format_map(bound) if "{" in t else t for t in _as_list(spec)])
+            self.keys.bind(args, kwargs)  # a call the function would refuse fails here, not later
+            return str(self.key_builder(*args, **kwargs))
+        return f"{self.segment}:{self.keys.digest_call(args, kwargs)}"
 
     def ttl_for(self, cache: YokedCache) -> float:
         return float(cache.config.default_ttl if self.ttl is None else self.ttl)
 
+    # --- stored shape --------------------------------------------------------------------------------
     def wrap(self, value: Any, cache: YokedCache, seconds: float) -> tuple[Any, float | None]:
-        """The stored form of a result and the backend TTL for it."""
-        ttl = self.ttl_for(cache)
+        """The stored form of a result and the TTL to store it with."""
         if not self.records:
             return value, self.ttl
-        return {_RECORD_MARK: [value, time.time() + ttl, seconds]}, ttl + self.retention
+        ttl = self.ttl_for(cache)
+        jitter = cache.config.ttl_jitter_percent
+        fresh = jittered_ttl_ms(ttl, jitter) / 1000  # spread expiries like plain entries are spread
+        keep = self.retention
+        if self.early_refresh:
+            keep = max(keep, 2 * self.spread(seconds, ttl))  # grace while a refresh is in flight
+        # The cache jitters the TTL it is given again; stretch it so the entry outlives fresh + keep.
+        return {_RECORD_MARK: [value, time.time() + fresh, seconds]}, (fresh + keep) / (1 - jitter / 100)
 
     def unwrap(self, stored: Any) -> tuple[Any, float, float]:
         """(value, fresh_until, compute seconds) of a stored form."""
         if self.records and type(stored) is dict and _RECORD_MARK in stored:
-            value, fresh_until, seconds = stored[_RECORD_MARK]
-            return value, float(fresh_until), float(seconds)
+            record = stored[_RECORD_MARK]
+            if type(record) is list and len(record) == 3:
+                value, fresh_until, seconds = record
+                return value, float(fresh_until), float(seconds)
         return stored, math.inf, 0.0
 
-    def wants_early_refresh(self, fresh_until: float, seconds: float, ttl: float) -> bool:
-        """XFetch: recompute early with a probability that grows as expiry nears and with compute time."""
-        if not self.early_refresh or fresh_until == math.inf:
+    def fresh_value(self, stored: Any) -> Any:
+        """The value of a stored form if it is still fresh, else ``MISSING``."""
+        if stored is MISSING:
+            return MISSING
+        value, fresh_until, _ = self.unwrap(stored)
+        return value if time.time() < fresh_until else MISSING
+
+    @staticmethod
+    def spread(seconds: float, ttl: float) -> float:
+        return max(seconds, ttl * _EARLY_SPREAD, 0.001)
+
+    def wants_early_refresh(self, fresh_until: float, seconds: float, ttl: float, now: float) -> bool:
+        """XFetch (Vattani et al.), shifted by two compute times so the refresh ends before expiry.
+
+        A hit recomputes early with probability ``exp(-(fresh_until - 2δ - now) / δ)``, δ being the recorded
+        compute time (at least 1 % of the TTL): rare far from expiry, certain in the last 2δ, and higher
+        for slower functions. Hot keys are therefore refreshed before they expire, and keys computed
+        together do not all refresh together.
+        """
+        delta = self.spread(seconds, ttl)
+        return now - delta * math.log(random.random() or 1e-300) >= fresh_until - 2 * delta
+
+    def claim_refresh(self, key: str) -> bool:
+        with self.refreshing_lock:
+            if key in self.refreshing:
+                return False
+            self.refreshing.add(key)
+            return True
+
+    def end_refresh(self, key: str) -> None:
+        with self.refreshing_lock:
+            self.refreshing.discard(key)
+
+    def judge_hit(self, stored: Any, key: str, cache: YokedCache) -> tuple[Any, str | None]:
+        """For a found entry: (value, action) with action ``None`` (serve), ``"refresh"`` (serve and
+        refresh in the background) or ``"miss"`` (compute now)."""
+        value, fresh_until, seconds = self.unwrap(stored)
+        if fresh_until == math.inf:
+            return value, None
+        now = time.time()
+        if now < fresh_until:
+            ttl = self.ttl_for(cache)
+            if self.early_refresh and self.wants_early_refresh(fresh_until, seconds, ttl, now):
+                return value, "refresh"
+            return value, None
+        if now < fresh_until + self.stale_ttl:
+            return value, "refresh"
+        if self.early_refresh and key in self.refreshing:
+            return value, None  # an early refresh is about to land: keep serving during its grace period
+        return value, "miss"
+
+    def stale_usable(self, stored: Any) -> bool:
+        """``serve_stale_on_error``: is this retained entry within ``stale_if_error_ttl`` of expiry?"""
+        if stored is MISSING:
             return False
-        spread = max(seconds, ttl * 0.01)
-        return time.time() - spread * math.log(random.random() or 1e-12) >= fresh_until
-
-
-def _as_list(tags: Any) -> list[str]:
-    if tags is None:
-        return []
-    if isinstance(tags, str):
-        return [tags]
-    return list(tags)
+        _, fresh_until, _ = self.unwrap(stored)
+        return time.time() < fresh_until + max(self.stale_ttl, self.stale_if_error_ttl)
 
 
 class _Outcome:
@@ -154,111 +281,118 @@ class _Outcome:
         self.generation = generation
 
 
+def _joiner_must_retry(outcome: _Outcome, joined: bool, my_generation: int) -> bool:
+    """A joiner must not receive a value whose computation started before an invalidation that had returned
+    when the joiner started (same instance: generation), or whose write an invalidation refused (stale)."""
+    return joined and (outcome.stale or outcome.generation < my_generation)
+
+
 def _make_async(opts: _Options) -> Callable[..., Any]:
     func = opts.func
-
-    async def compute(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> _Outcome:
-        if not opts.lock:
-            return await compute_here(cache, key, tags, args, kwargs)
-        owner = new_token()
-        while True:
-            if await cache.acquire_lock(key, owner, opts.lock_timeout):
-                try:
-                    stored = await cache.peek(key, MISSING)
-                    if stored is not MISSING:  # another process finished just before we took the lock
-                        return _Outcome(opts.unwrap(stored)[0], False, cache.invalidation_generation)
-                    return await compute_here(cache, key, tags, args, kwargs)
-                finally:
-                    await cache.release_lock(key, owner)
-            await cache.wait_for_release(key, opts.lock_timeout)
-            stored = await cache.peek(key, MISSING)
-            if stored is not MISSING:
-                return _Outcome(opts.unwrap(stored)[0], False, cache.invalidation_generation)
 
     async def compute_here(
         cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any
     ) -> _Outcome:
         generation = cache.invalidation_generation
-        tokens = await cache.capture_tokens(tags, key)
+        tokens = await cache.capture_tokens(tags, key)  # before running: see the module docstring
         started = time.perf_counter()
         value = await func(*args, **kwargs)
         outcome = "skipped"
-        if opts.condition is None or opts.condition(value):
+        if opts.ttl != 0 and (opts.condition is None or opts.condition(value)):
             stored, ttl = opts.wrap(value, cache, time.perf_counter() - started)
             outcome = await cache.store_computed(
                 key, stored, tokens, tags, ttl=ttl, serialization=opts.serialization
             )
         return _Outcome(value, outcome == "stale", generation)
 
+    async def compute(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> _Outcome:
+        if not opts.lock:
+            return await compute_here(cache, key, tags, args, kwargs)
+        owner = secrets.token_hex(8)
+        pause = 0.0
+        while True:
+            if await cache.acquire_lock(key, owner, opts.lock_timeout):
+                try:
+                    # Another process may have stored it between our miss and taking the lock.
+                    value = opts.fresh_value(await cache.peek(key, MISSING))
+                    if value is not MISSING:
+                        return _Outcome(value, False, cache.invalidation_generation)
+                    return await compute_here(cache, key, tags, args, kwargs)
+                finally:
+                    await cache.release_lock(key, owner)
+            if pause:
+                await asyncio.sleep(pause)  # woken but still locked: do not spin on the backend
+            await cache.wait_for_release(key, opts.lock_timeout)
+            value = opts.fresh_value(await cache.peek(key, MISSING))
+            if value is not MISSING:
+                return _Outcome(value, False, cache.invalidation_generation)
+            pause = min(_LOCK_BACKOFF_MAX, pause * 2 or 0.002)
+
     async def call(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> Any:
         if not opts.single_flight:
             return (await compute(cache, key, tags, args, kwargs)).value
         my_generation = cache.invalidation_generation
+        flight = cache.full_key(key)
         while True:
             outcome, joined = await cache.flights.arun(
-                cache.full_key(key), lambda: compute(cache, key, tags, args, kwargs)
+                flight, lambda: compute(cache, key, tags, args, kwargs)
             )
-            # A joiner must not receive a value whose computation started before an invalidation
-            # that had returned when the joiner started.
-            if not joined or not (outcome.stale or outcome.generation < my_generation):
+            if not _joiner_must_retry(outcome, joined, my_generation):
                 return outcome.value
 
-    async def refresh_in_background(cache: YokedCache, key: str, tags: Any, args: Any, kwargs: Any) -> None:
-        if key in opts.refreshing:
+    def refresh_in_background(cache: YokedCache, key: str, args: Any, kwargs: Any) -> None:
+        if not opts.claim_refresh(key):
             return
-        opts.refreshing.add(key)
 
         async def run() -> None:
             try:
-                await compute_here(cache, key, tags, args, kwargs)
+                await compute_here(cache, key, opts.tags_for(args, kwargs), args, kwargs)
             except Exception as exc:
                 logger.warning("background refresh of %s failed: %s", opts.name, exc)
             finally:
-                opts.refreshing.discard(key)
+                opts.end_refresh(key)
 
         cache.keep_task(asyncio.ensure_future(run()))
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         cache = opts.resolve_cache()
-        key, bound = opts.key_for(args, kwargs)
+        key = opts.key_for(args, kwargs)
         stats = opts.stats(cache)
         started = time.perf_counter()
         stored = await cache.get(key, MISSING)
         if stored is not MISSING:
-            value, fresh_until, seconds = opts.unwrap(stored)
-            now = time.time()
-            if now < fresh_until:
-                if opts.wants_early_refresh(fresh_until, seconds, opts.ttl_for(cache)):
-                    await refresh_in_background(cache, key, opts.tags_for(bound), args, kwargs)
+            if not opts.records:  # the common case: a plain entry is fresh while it exists
+                stats.hits += 1
+                stats.hit_seconds += time.perf_counter() - started
+                return stored
+            value, action = opts.judge_hit(stored, key, cache)
+            if action != "miss":
+                if action == "refresh":
+                    refresh_in_background(cache, key, args, kwargs)
                 stats.hits += 1
                 stats.hit_seconds += time.perf_counter() - started
                 return value
-            if now < fresh_until + opts.stale_ttl:
-                await refresh_in_background(cache, key, opts.tags_for(bound), args, kwargs)
-                stats.hits += 1
-                stats.hit_seconds += time.perf_counter() - started
-                return value
-        tags = opts.tags_for(bound)
         try:
-            value = await call(cache, key, tags, args, kwargs)
+            return await call(cache, key, opts.tags_for(args, kwargs), args, kwargs)
         except Exception:
-            if opts.serve_stale_on_error and stored is not MISSING:
+            if opts.serve_stale_on_error and opts.stale_usable(stored):
                 logger.warning("%s failed; serving its last good value", opts.name, exc_info=True)
                 return opts.unwrap(stored)[0]
             raise
-        stats.misses += 1
-        stats.miss_seconds += time.perf_counter() - started
-        return value
+        finally:
+            stats.misses += 1
+            stats.miss_seconds += time.perf_counter() - started
 
     async def refresh(*args: Any, **kwargs: Any) -> Any:
+        """Run the function now, store its result and return it."""
         cache = opts.resolve_cache()
-        key, bound = opts.key_for(args, kwargs)
-        return (await compute_here(cache, key, opts.tags_for(bound), args, kwargs)).value
+        key = opts.key_for(args, kwargs)
+        return (await compute_here(cache, key, opts.tags_for(args, kwargs), args, kwargs)).value
 
     async def invalidate(*args: Any, **kwargs: Any) -> bool:
-        cache = opts.resolve_cache()
-        return await cache.delete(opts.key_for(args, kwargs)[0])
+        """Delete this call's entry; True if one was removed."""
+        return await opts.resolve_cache().delete(opts.key_for(args, kwargs))
 
     wrapper.refresh = refresh  # type: ignore[attr-defined]
     wrapper.invalidate = invalidate  # type: ignore[attr-defined]
@@ -268,147 +402,162 @@ def _make_async(opts: _Options) -> Callable[..., Any]:
 def _make_sync(opts: _Options) -> Callable[..., Any]:
     func = opts.func
 
-    def compute(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> _Outcome:
-        if not opts.lock:
-            return compute_here(cache, key, tags, args, kwargs)
-        owner = new_token()
-        while True:
-            if cache.acquire_lock_sync(key, owner, opts.lock_timeout):
-                try:
-                    stored = cache.peek_sync(key, MISSING)
-                    if stored is not MISSING:
-                        return _Outcome(opts.unwrap(stored)[0], False, cache.invalidation_generation)
-                    return compute_here(cache, key, tags, args, kwargs)
-                finally:
-                    cache.release_lock_sync(key, owner)
-            cache.wait_for_release_sync(key, opts.lock_timeout)
-            stored = cache.peek_sync(key, MISSING)
-            if stored is not MISSING:
-                return _Outcome(opts.unwrap(stored)[0], False, cache.invalidation_generation)
-
     def compute_here(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> _Outcome:
         generation = cache.invalidation_generation
         tokens = cache.capture_tokens_sync(tags, key)
         started = time.perf_counter()
         value = func(*args, **kwargs)
         outcome = "skipped"
-        if opts.condition is None or opts.condition(value):
+        if opts.ttl != 0 and (opts.condition is None or opts.condition(value)):
             stored, ttl = opts.wrap(value, cache, time.perf_counter() - started)
             outcome = cache.store_computed_sync(
                 key, stored, tokens, tags, ttl=ttl, serialization=opts.serialization
             )
         return _Outcome(value, outcome == "stale", generation)
 
+    def compute(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> _Outcome:
+        if not opts.lock:
+            return compute_here(cache, key, tags, args, kwargs)
+        owner = secrets.token_hex(8)
+        pause = 0.0
+        while True:
+            if cache.acquire_lock_sync(key, owner, opts.lock_timeout):
+                try:
+                    value = opts.fresh_value(cache.peek_sync(key, MISSING))
+                    if value is not MISSING:
+                        return _Outcome(value, False, cache.invalidation_generation)
+                    return compute_here(cache, key, tags, args, kwargs)
+                finally:
+                    cache.release_lock_sync(key, owner)
+            if pause:
+                time.sleep(pause)
+            cache.wait_for_release_sync(key, opts.lock_timeout)
+            value = opts.fresh_value(cache.peek_sync(key, MISSING))
+            if value is not MISSING:
+                return _Outcome(value, False, cache.invalidation_generation)
+            pause = min(_LOCK_BACKOFF_MAX, pause * 2 or 0.002)
+
     def call(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> Any:
         if not opts.single_flight:
             return compute(cache, key, tags, args, kwargs).value
         my_generation = cache.invalidation_generation
+        flight = cache.full_key(key)
         while True:
-            outcome, joined = cache.flights.run(
-                cache.full_key(key), lambda: compute(cache, key, tags, args, kwargs)
-            )
-            if not joined or not (outcome.stale or outcome.generation < my_generation):
+            outcome, joined = cache.flights.run(flight, lambda: compute(cache, key, tags, args, kwargs))
+            if not _joiner_must_retry(outcome, joined, my_generation):
                 return outcome.value
 
-    def refresh_in_background(cache: YokedCache, key: str, tags: Any, args: Any, kwargs: Any) -> None:
-        with _refresh_lock:
-            if key in opts.refreshing:
-                return
-            opts.refreshing.add(key)
+    def refresh_in_background(cache: YokedCache, key: str, args: Any, kwargs: Any) -> None:
+        if not opts.claim_refresh(key):
+            return
 
         def run() -> None:
             try:
-                compute_here(cache, key, tags, args, kwargs)
+                compute_here(cache, key, opts.tags_for(args, kwargs), args, kwargs)
             except Exception as exc:
                 logger.warning("background refresh of %s failed: %s", opts.name, exc)
             finally:
-                opts.refreshing.discard(key)
+                opts.end_refresh(key)
 
         threading.Thread(target=run, name=f"yokedcache-refresh-{opts.name}", daemon=True).start()
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         cache = opts.resolve_cache()
-        key, bound = opts.key_for(args, kwargs)
+        key = opts.key_for(args, kwargs)
         stats = opts.stats(cache)
         started = time.perf_counter()
         stored = cache.get_sync(key, MISSING)
         if stored is not MISSING:
-            value, fresh_until, seconds = opts.unwrap(stored)
-            now = time.time()
-            if now < fresh_until or now < fresh_until + opts.stale_ttl:
-                if now >= fresh_until or opts.wants_early_refresh(fresh_until, seconds, opts.ttl_for(cache)):
-                    refresh_in_background(cache, key, opts.tags_for(bound), args, kwargs)
+            if not opts.records:  # the common case: a plain entry is fresh while it exists
+                stats.hits += 1
+                stats.hit_seconds += time.perf_counter() - started
+                return stored
+            value, action = opts.judge_hit(stored, key, cache)
+            if action != "miss":
+                if action == "refresh":
+                    refresh_in_background(cache, key, args, kwargs)
                 stats.hits += 1
                 stats.hit_seconds += time.perf_counter() - started
                 return value
-        tags = opts.tags_for(bound)
         try:
-            value = call(cache, key, tags, args, kwargs)
+            return call(cache, key, opts.tags_for(args, kwargs), args, kwargs)
         except Exception:
-            if opts.serve_stale_on_error and stored is not MISSING:
+            if opts.serve_stale_on_error and opts.stale_usable(stored):
                 logger.warning("%s failed; serving its last good value", opts.name, exc_info=True)
                 return opts.unwrap(stored)[0]
             raise
-        stats.misses += 1
-        stats.miss_seconds += time.perf_counter() - started
-        return value
+        finally:
+            stats.misses += 1
+            stats.miss_seconds += time.perf_counter() - started
 
     def refresh(*args: Any, **kwargs: Any) -> Any:
+        """Run the function now, store its result and return it."""
         cache = opts.resolve_cache()
-        key, bound = opts.key_for(args, kwargs)
-        return compute_here(cache, key, opts.tags_for(bound), args, kwargs).value
+        key = opts.key_for(args, kwargs)
+        return compute_here(cache, key, opts.tags_for(args, kwargs), args, kwargs).value
 
     def invalidate(*args: Any, **kwargs: Any) -> bool:
-        return opts.resolve_cache().delete_sync(opts.key_for(args, kwargs)[0])
+        """Delete this call's entry; True if one was removed."""
+        return opts.resolve_cache().delete_sync(opts.key_for(args, kwargs))
 
     wrapper.refresh = refresh  # type: ignore[attr-defined]
     wrapper.invalidate = invalidate  # type: ignore[attr-defined]
     return wrapper
 
 
-_refresh_lock = threading.Lock()
-
-
-def _decorate(func: Any, options: dict[str, Any]) -> Any:
-    if isinstance(func, (classmethod, staticmethod)):
-        return type(func)(_decorate(func.__func__, options))
+def _decorate(func: Any, options: dict[str, Any], skip_first: bool | None = None) -> Any:
+    if isinstance(func, staticmethod):
+        return staticmethod(_decorate(func.__func__, options, skip_first=False))
+    if isinstance(func, classmethod):
+        inner = _decorate(func.__func__, options, skip_first=True)
+        return CachedClassMethod(inner)
+    if isinstance(func, (CachedMethod, CachedClassMethod)) or hasattr(func, "yokedcache_options"):
+        raise TypeError(f"{func!r} is already decorated with @cached")
+    if not callable(func):
+        raise TypeError(f"@cached needs a function, got {type(func).__name__}")
     if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
-        raise TypeError(f"@cached cannot cache generator function {func.__qualname__}; return a list instead")
-    opts = _Options(func, **options)
-    wrapper = _make_async(opts) if inspect.iscoroutinefunction(func) else _make_sync(opts)
+        raise TypeError(
+            f"@cached cannot cache generator function {getattr(func, '__qualname__', func)!r}: its items "
+            "are produced lazily; return a list instead"
+        )
+    opts = _Options(func, skip_first, **options)
+    is_async = inspect.iscoroutinefunction(func)
+    wrapper = _make_async(opts) if is_async else _make_sync(opts)
     wrapper.__wrapped__ = func  # type: ignore[attr-defined]
+    call_refresh = wrapper.refresh  # type: ignore[attr-defined]
+    call_invalidate = wrapper.invalidate  # type: ignore[attr-defined]
 
     def cache_key(*args: Any, **kwargs: Any) -> str:
         """The full stored key (``<key_prefix>:<user key>``) of a call, without I/O."""
-        args = opts.keys.placeholder_self(args)
-        return opts.resolve_cache().full_key(opts.key_for(args, kwargs)[0])
+        return opts.resolve_cache().full_key(opts.key_for(args, kwargs))
 
-    def invalidate(*args: Any, **kwargs: Any) -> Any:
-        """Delete a call's entry (awaitable for async functions)."""
-        return wrapper.invalidate_call(*opts.keys.placeholder_self(args), **kwargs)  # type: ignore[attr-defined]
-
-    wrapper.invalidate_call = wrapper.invalidate  # type: ignore[attr-defined]
-    wrapper.invalidate = invalidate  # type: ignore[attr-defined]
     wrapper.cache_key = cache_key  # type: ignore[attr-defined]
+    wrapper.invalidate = call_invalidate  # type: ignore[attr-defined]
+    wrapper.refresh = call_refresh  # type: ignore[attr-defined]
     wrapper.yokedcache_options = opts  # type: ignore[attr-defined]
-    if opts.keys.skip_first and opts.keys.names[0] == "self":
-        return CachedMethod(wrapper)
+    if opts.keys.skip_first:
+        return (AsyncCachedMethod if is_async else CachedMethod)(wrapper)
     return wrapper
 
 
 class CachedMethod:
-    """``@cached`` on an instance method: binds like a function, and through an instance its
-    ``cache_key``/``invalidate``/``refresh`` helpers know which instance they belong to."""
+    """``@cached`` on a method (first parameter ``self`` or ``cls``).
+
+    Binds like a function. Through an instance, ``cache_key``/``invalidate``/``refresh`` know which
+    instance they belong to; through the class, ``cache_key``/``invalidate`` take the arguments after
+    ``self`` (it is never part of the key) and ``refresh`` is unavailable (it would need an instance).
+    """
 
     def __init__(self, wrapper: Callable[..., Any]) -> None:
-        functools.update_wrapper(self, wrapper)
+        # updated=(): the wrapper's helpers take ``self`` first; they must not shadow the methods below.
+        functools.update_wrapper(self, wrapper, updated=())
+        opts: _Options = wrapper.yokedcache_options  # type: ignore[attr-defined]
+        self.__wrapped__ = opts.func  # the original: calling it bypasses the cache
         self._call = wrapper
-        self.cache_key = wrapper.cache_key  # type: ignore[attr-defined]
-        self.invalidate = wrapper.invalidate  # type: ignore[attr-defined]
-        self.yokedcache_options = wrapper.yokedcache_options  # type: ignore[attr-defined]
-        if inspect.iscoroutinefunction(wrapper) and hasattr(inspect, "markcoroutinefunction"):
-            inspect.markcoroutinefunction(self)  # Python 3.12+: lets frameworks see it is async
+        self._opts = opts
+        self._bound = AsyncBoundCachedMethod if inspect.iscoroutinefunction(wrapper) else BoundCachedMethod
+        self.yokedcache_options = opts
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._call(*args, **kwargs)
@@ -416,10 +565,33 @@ class CachedMethod:
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is None:
             return self
-        return BoundCachedMethod(self._call, instance)
+        return self._bound(self._call, instance)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        """The full stored key of a call, given the arguments after ``self``."""
+        return self._call.cache_key(None, *args, **kwargs)  # type: ignore[attr-defined]
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> Any:
+        """Delete a call's entry, given the arguments after ``self`` (awaitable for async methods)."""
+        return self._call.invalidate(None, *args, **kwargs)  # type: ignore[attr-defined]
+
+    def refresh(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{self._opts.name}.refresh needs an instance: call it as obj.method.refresh(...)")
+
+    def __repr__(self) -> str:
+        return f"<cached method {self._opts.name}>"
+
+
+class AsyncCachedMethod(CachedMethod):
+    """An async cached method: ``__call__`` is a coroutine function, so frameworks see it as async."""
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call(*args, **kwargs)
 
 
 class BoundCachedMethod:
+    """A cached method bound to an instance (or, for classmethods, to a class)."""
+
     __slots__ = ("__self__", "_call")
 
     def __init__(self, call: Callable[..., Any], instance: Any) -> None:
@@ -429,17 +601,60 @@ class BoundCachedMethod:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._call(self.__self__, *args, **kwargs)
 
+    @property
+    def __func__(self) -> Callable[..., Any]:
+        return self._call
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        signature = inspect.signature(self._call)
+        return signature.replace(parameters=list(signature.parameters.values())[1:])
+
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
-        return self._call.cache_key(*args, **kwargs)
+        return self._call.cache_key(self.__self__, *args, **kwargs)  # type: ignore[attr-defined]
 
     def invalidate(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call.invalidate_call(self.__self__, *args, **kwargs)  # type: ignore[attr-defined]
+        return self._call.invalidate(self.__self__, *args, **kwargs)  # type: ignore[attr-defined]
 
     def refresh(self, *args: Any, **kwargs: Any) -> Any:
         return self._call.refresh(self.__self__, *args, **kwargs)  # type: ignore[attr-defined]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, BoundCachedMethod)
+            and other._call is self._call
+            and other.__self__ is self.__self__
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self._call), id(self.__self__)))
+
+    def __repr__(self) -> str:
+        return f"<bound cached method {self._call.yokedcache_options.name} of {self.__self__!r}>"  # type: ignore[attr-defined]
+
+
+class AsyncBoundCachedMethod(BoundCachedMethod):
+    __slots__ = ()
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call(self.__self__, *args, **kwargs)
+
+
+class CachedClassMethod(classmethod):
+    """``@cached`` above ``@classmethod``: binds to the class, so ``Cls.method.refresh(...)`` works too."""
+
+    def __init__(self, method: CachedMethod) -> None:
+        super().__init__(method)
+        self._method = method
+        self.yokedcache_options = method.yokedcache_options
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if owner is None:
+            owner = type(instance)
+        return self._method._bound(self._method._call, owner)
 
 
 @overload
@@ -487,13 +702,16 @@ def cached(
     lock: bool = False,
     lock_timeout: float = 30,
 ) -> Any:
-    """Cache a function's results; see the API reference for every option.
+    """Cache a function's results; see API.md §8.1 for every option.
 
-    Works on ``async def`` and plain ``def`` functions, methods, classmethods and staticmethods. Without
-    ``cache=`` the process default cache is used, resolved at call time.
+    Works on ``async def`` and plain ``def`` functions, methods, classmethods and staticmethods (above or
+    below ``@classmethod``/``@staticmethod``). Without ``cache=`` the process default cache is used,
+    resolved at call time. ``ttl=0`` runs the function every time (nothing is stored).
     """
-    if ttl is not None and ttl < 0:
-        raise ValueError(f"ttl must be >= 0, got {ttl!r}")
+    if ttl is not None and (isinstance(ttl, bool) or not ttl >= 0 or not math.isfinite(ttl)):
+        raise ValueError(f"ttl must be a finite number >= 0, got {ttl!r}")
+    if isinstance(exclude_args, str):
+        exclude_args = (exclude_args,)
     options = {
         "cache": cache,
         "ttl": ttl,
@@ -516,4 +734,4 @@ def cached(
     return lambda f: _decorate(f, options)
 
 
-__all__ = ["CacheConnectionError", "FunctionStats", "cached"]
+__all__ = ["BoundCachedMethod", "CachedMethod", "FunctionStats", "cached"]
