@@ -460,17 +460,6 @@ async def test_lock_wake_list_does_not_outlive_the_release(redis_url: str, prefi
             await c.disconnect()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "backends/redis.py: the wake-up token a release leaves in the wake list (kept 2 s) is still there "
-        "when the next holder of the same key takes the lock, so that holder's waiters wake at once and "
-        "keep relaying it to each other while it computes (spurious wake-ups: BLPOP, LPUSH and GET round "
-        "trips in a loop, bounded only by the decorator's back-off). Fix: acquire_lock/aacquire_lock should "
-        "DEL the wake list when SET NX succeeds (one Lua script), so a wake-up only follows this holder's "
-        "release"
-    ),
-)
 async def test_waiters_sleep_until_the_holder_releases(redis_url: str, prefix: str) -> None:
     caches = [YokedCache(redis_url=redis_url, key_prefix=prefix) for _ in range(3)]
     waits: dict[int, int] = {i: 0 for i in range(3)}

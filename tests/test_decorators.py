@@ -885,19 +885,6 @@ def test_partials_and_callable_objects(sync_cache: YokedCache) -> None:
     assert ".Doubler:" in double.cache_key(4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "policy/cache.py + codec/envelope.py have no soft expiry: API.md §8.1 says entries retained for "
-        "stale_ttl/serve_stale_on_error are invisible to other operations, but the policy layer can only "
-        "store a hard TTL, so the decorator keeps its own record {'__yc_record__': [value, fresh_until, "
-        "seconds]} under a TTL stretched by the retention: cache.get() on the call's key returns that record "
-        "(before expiry) and keeps returning it during the retention window. Fix: store_computed(..., "
-        "ttl=fresh, retain=seconds) writing fresh_until into the envelope, get/exists/get_many/listings "
-        "treating entries past fresh_until as misses, and a peek_stale(key) hook returning (value, "
-        "fresh_until); the decorator then stores the bare value"
-    ),
-)
 async def test_retained_entries_are_invisible_to_other_operations(cache: YokedCache) -> None:
     @cached(cache=cache, ttl=1, stale_ttl=30)
     async def fetch() -> dict[str, int]:

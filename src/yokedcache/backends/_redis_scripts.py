@@ -13,7 +13,7 @@ raise instead of treating it as a miss). Writes overwrite such keys.
 
 SCRIPT_NAMES = (
     *("GET", "INSPECT", "DELETE", "ALIVE", "TTL", "EXPIRE"),
-    *("CAPTURE", "SET", "INVALIDATE", "UNLOCK"),
+    *("CAPTURE", "SET", "INVALIDATE", "LOCK", "UNLOCK"),
 )
 
 _LIVE = r"""
@@ -151,6 +151,16 @@ for i = 3, #ARGV, 2 do
   end
 end
 return n
+"""
+
+# KEYS[1] = lock, KEYS[2] = wake list; ARGV[1] = owner, ARGV[2] = lease ms. Takes the lock if free and
+# clears a wake-up left by the previous holder, so this holder's waiters sleep until *its* release.
+LOCK = r"""
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
 """
 
 # KEYS[1] = lock, KEYS[2] = wake list; ARGV[1] = owner. Releases the lock if still ours and wakes a waiter

@@ -627,9 +627,9 @@ class RedisBackend(Backend):
         return max(0.01, min(timeout, self.operation_timeout / 2))
 
     def acquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
-        client, _ = self._sync_client()
+        _, scripts = self._sync_client()
         with _transport(self.redis_url):
-            return bool(client.set(self._lock_keys(key)[0], owner, nx=True, px=ttl_ms))
+            return bool(scripts["LOCK"](keys=list(self._lock_keys(key)), args=[owner, ttl_ms]))
 
     def release_lock(self, key: str, owner: str) -> None:
         _, scripts = self._sync_client()
@@ -645,9 +645,9 @@ class RedisBackend(Backend):
                 client.pipeline(transaction=False).lpush(wake, "1").pexpire(wake, _WAKE_TTL_MS).execute()
 
     async def aacquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
-        client, _ = self._async_client()
+        _, scripts = self._async_client()
         async with self._aguard():
-            return bool(await client.set(self._lock_keys(key)[0], owner, nx=True, px=ttl_ms))
+            return bool(await scripts["LOCK"](keys=list(self._lock_keys(key)), args=[owner, ttl_ms]))
 
     async def arelease_lock(self, key: str, owner: str) -> None:
         _, scripts = self._async_client()

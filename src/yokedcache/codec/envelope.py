@@ -9,9 +9,13 @@ Layout (big-endian)::
     4       1     flags: bits 0-1 method (0 json, 1 msgpack, 2 pickle), bit 2 compressed (zlib),
                   bit 3 signed, bit 4 plain (body has no type tags); other bits must be 0
     5       8     created_at, float64 UNIX seconds
-    13      32    only if signed: HMAC-SHA256(signing_key,
-                                  u32 len(key) + key UTF-8 + bytes 0..12 + body)
-    13|45   ...   body (as stored: compressed when the flag says so)
+    13      16    only if timed (bit 5): fresh_until and compute_seconds, float64 each
+    13|29   32    only if signed: HMAC-SHA256(signing_key,
+                                  u32 len(key) + key UTF-8 + header (incl. timing) + body)
+    ...     ...   body (as stored: compressed when the flag says so)
+
+A *timed* entry is one kept past its freshness (for stale-while-revalidate or stale-if-error): readers
+that do not ask for stale values treat it as a miss once ``fresh_until`` has passed.
 
 The MAC covers the key, so an entry copied under another key fails verification, and the header, so
 flags cannot be flipped (e.g. to make a body read as pickle). It is checked before decompressing or
@@ -47,7 +51,9 @@ _METHOD_MASK = 0b11
 _COMPRESSED = 1 << 2
 _SIGNED = 1 << 3
 _PLAIN = 1 << 4
-_KNOWN_FLAGS = _METHOD_MASK | _COMPRESSED | _SIGNED | _PLAIN
+_TIMED = 1 << 5
+_KNOWN_FLAGS = _METHOD_MASK | _COMPRESSED | _SIGNED | _PLAIN | _TIMED
+_TIMING = struct.Struct(">dd")
 _PLAIN_JSON = _PLAIN  # method code 0, not compressed, not signed
 
 _METHODS = (SerializationMethod.JSON, SerializationMethod.MSGPACK, SerializationMethod.PICKLE)
@@ -57,12 +63,14 @@ _PICKLE = SerializationMethod.PICKLE
 
 
 class Opened(NamedTuple):
-    """A decoded entry."""
+    """A decoded entry; ``fresh_until`` is ``None`` unless the entry was sealed as timed."""
 
     value: Any
     method: SerializationMethod
     compressed: bool
     created_at: float
+    fresh_until: float | None = None
+    compute_seconds: float = 0.0
 
 
 class EntryInfo(NamedTuple):
@@ -85,6 +93,8 @@ def seal(
     signing_key: bytes | None,
     max_value_bytes: int | None,
     created_at: float,
+    fresh_until: float | None = None,
+    compute_seconds: float = 0.0,
 ) -> bytes:
     """Encode ``value`` as the entry stored under ``key``.
 
@@ -105,12 +115,18 @@ def seal(
         if len(packed) < len(body):
             body = packed
             flags |= _COMPRESSED
+    timing = b""
+    if fresh_until is not None:
+        if not (math.isfinite(fresh_until) and math.isfinite(compute_seconds)):
+            raise ValueError("fresh_until and compute_seconds must be finite")
+        flags |= _TIMED
+        timing = _TIMING.pack(fresh_until, compute_seconds)
     if signing_key is not None:
         flags |= _SIGNED
-        header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, created_at)
+        header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, created_at) + timing
         entry = b"".join((header, _mac(signing_key, key, header, body), body))
     else:
-        entry = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, created_at) + body
+        entry = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, created_at) + timing + body
     if max_value_bytes is not None and len(entry) > max_value_bytes:
         raise CacheSerializationError(
             f"serialized value for key {key!r} is {len(entry)} bytes, "
@@ -149,13 +165,21 @@ def open_envelope(
         if method is _PICKLE and not allow_pickle:
             return None
         start = _HEADER_SIZE
+        fresh_until: float | None = None
+        compute_seconds = 0.0
+        if flags & _TIMED:
+            fresh_until, compute_seconds = _TIMING.unpack_from(data, start)
+            if not (math.isfinite(fresh_until) and math.isfinite(compute_seconds)):
+                return None
+            start += _TIMING.size
+        header_end = start
         if flags & _SIGNED:
             start += _MAC_SIZE
             if len(data) < start:
                 return None
             if signing_key is not None:
-                expected = _mac(signing_key, key, data[:_HEADER_SIZE], data[start:])
-                if not hmac.compare_digest(expected, data[_HEADER_SIZE:start]):
+                expected = _mac(signing_key, key, data[:header_end], data[start:])
+                if not hmac.compare_digest(expected, data[header_end:start]):
                     return None
         elif signing_key is not None:
             return None
@@ -164,7 +188,7 @@ def open_envelope(
         if compressed:
             body = zlib.decompress(body)
         value = loads(body, method, plain=bool(flags & _PLAIN), allow_pickle=allow_pickle)
-        return Opened(value, method, compressed, created_at)
+        return Opened(value, method, compressed, created_at, fresh_until, compute_seconds)
     except Exception:  # CorruptPayload, zlib.error, struct.error, IndexError, MemoryError, ...
         return None
 
@@ -182,7 +206,8 @@ def peek(data: bytes) -> EntryInfo | None:
         if not math.isfinite(created_at) or flags & _METHOD_MASK >= len(_METHODS):
             return None
         signed = bool(flags & _SIGNED)
-        if signed and len(data) < _HEADER_SIZE + _MAC_SIZE:
+        minimum = _HEADER_SIZE + (_TIMING.size if flags & _TIMED else 0) + (_MAC_SIZE if signed else 0)
+        if len(data) < minimum:
             return None
         return EntryInfo(
             _METHODS[flags & _METHOD_MASK], bool(flags & _COMPRESSED), created_at, len(data), signed

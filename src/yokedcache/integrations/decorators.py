@@ -6,15 +6,15 @@ invalidation has since replaced is never served afterwards (the backend refuses 
 misses of one key share one execution (in-process single flight, and with ``lock=True`` a lease in the
 backend shared by every process).
 
-Stored shape. Plain entries hold the value itself. When a feature needs to know an entry's age
-(``stale_ttl``, ``serve_stale_on_error``, ``early_refresh``) the entry holds a *record*
-``{"__yc_record__": [value, fresh_until, compute_seconds]}``: ``fresh_until`` (UNIX seconds, jittered per
-entry) is when the value stops being fresh, and the backend keeps the entry for the retention window after
-that, so the decorator alone decides between "fresh", "serve stale and refresh" and "miss".
+Entries always hold the value itself. When a feature needs an entry's age (``stale_ttl``,
+``serve_stale_on_error``, ``early_refresh``) the entry is stored *timed*: its envelope records when the
+value stops being fresh (jittered per entry) and how long it took to compute, and the backend keeps it for
+the retention window after that. Plain reads (``cache.get``) never see it past its freshness; the
+decorator reads it with ``cache.lookup`` and decides between "fresh", "serve stale and refresh" and "miss".
 
-The decorator uses only the cache's public API plus the documented integration hooks: ``peek``,
-``capture_tokens``, ``store_computed``, ``flights``, ``invalidation_generation``, ``function_stats``,
-``keep_task`` and the lock hooks.
+The decorator uses only the cache's public API plus the documented integration hooks: ``lookup``,
+``fill`` (tokens captured before computing, single flight, the cross-process lock), ``function_stats``
+and ``keep_task``.
 """
 
 from __future__ import annotations
@@ -25,25 +25,23 @@ import inspect
 import logging
 import math
 import random
-import secrets
 import string
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
+from ..codec.envelope import Opened
 from ..config import jittered_ttl_ms
 from ..keys import normalize_tags
 from ..models import SerializationMethod
-from ..policy.cache import MISSING, YokedCache, get_default_cache
+from ..policy.cache import MISSING, StorePlan, YokedCache, get_default_cache
 from .arguments import KeyBuilder
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("yokedcache")
 
-_RECORD_MARK = "__yc_record__"
 _EARLY_SPREAD = 0.01  # early refresh: the exponential's scale is at least this fraction of the TTL
-_LOCK_BACKOFF_MAX = 0.05  # s: longest pause between lock attempts when a wake-up found nothing
 
 
 class FunctionStats:
@@ -188,35 +186,26 @@ class _Options:
     def ttl_for(self, cache: YokedCache) -> float:
         return float(cache.config.default_ttl if self.ttl is None else self.ttl)
 
-    # --- stored shape --------------------------------------------------------------------------------
-    def wrap(self, value: Any, cache: YokedCache, seconds: float) -> tuple[Any, float | None]:
-        """The stored form of a result and the TTL to store it with."""
-        if not self.records:
-            return value, self.ttl
-        ttl = self.ttl_for(cache)
-        jitter = cache.config.ttl_jitter_percent
-        fresh = jittered_ttl_ms(ttl, jitter) / 1000  # spread expiries like plain entries are spread
-        keep = self.retention
-        if self.early_refresh:
-            keep = max(keep, 2 * self.spread(seconds, ttl))  # grace while a refresh is in flight
-        # The cache jitters the TTL it is given again; stretch it so the entry outlives fresh + keep.
-        return {_RECORD_MARK: [value, time.time() + fresh, seconds]}, (fresh + keep) / (1 - jitter / 100)
+    # --- storing and judging entries ------------------------------------------------------------------
+    def plan(self, cache: YokedCache) -> Callable[[Any, float], StorePlan | None]:
+        """How ``fill`` stores a result of this function: not at all (``ttl=0``, ``condition`` false),
+        plainly, or timed with a freshness deadline and a retention window after it."""
 
-    def unwrap(self, stored: Any) -> tuple[Any, float, float]:
-        """(value, fresh_until, compute seconds) of a stored form."""
-        if self.records and type(stored) is dict and _RECORD_MARK in stored:
-            record = stored[_RECORD_MARK]
-            if type(record) is list and len(record) == 3:
-                value, fresh_until, seconds = record
-                return value, float(fresh_until), float(seconds)
-        return stored, math.inf, 0.0
+        def planned(value: Any, seconds: float) -> StorePlan | None:
+            if self.ttl == 0 or (self.condition is not None and not self.condition(value)):
+                return None
+            if not self.records:
+                return StorePlan(value, self.ttl)
+            ttl = self.ttl_for(cache)
+            jitter = cache.config.ttl_jitter_percent
+            fresh = jittered_ttl_ms(ttl, jitter) / 1000  # spread expiries like plain entries are spread
+            keep = self.retention
+            if self.early_refresh:
+                keep = max(keep, 2 * self.spread(seconds, ttl))  # grace while a refresh is in flight
+            # The cache jitters the TTL it is given again; stretch it so the entry outlives fresh + keep.
+            return StorePlan(value, (fresh + keep) / (1 - jitter / 100), fresh_for=fresh)
 
-    def fresh_value(self, stored: Any) -> Any:
-        """The value of a stored form if it is still fresh, else ``MISSING``."""
-        if stored is MISSING:
-            return MISSING
-        value, fresh_until, _ = self.unwrap(stored)
-        return value if time.time() < fresh_until else MISSING
+        return planned
 
     @staticmethod
     def spread(seconds: float, ttl: float) -> float:
@@ -244,101 +233,55 @@ class _Options:
         with self.refreshing_lock:
             self.refreshing.discard(key)
 
-    def judge_hit(self, stored: Any, key: str, cache: YokedCache) -> tuple[Any, str | None]:
-        """For a found entry: (value, action) with action ``None`` (serve), ``"refresh"`` (serve and
-        refresh in the background) or ``"miss"`` (compute now)."""
-        value, fresh_until, seconds = self.unwrap(stored)
-        if fresh_until == math.inf:
-            return value, None
+    def judge(self, found: Opened, key: str, cache: YokedCache) -> str | None:
+        """For a found entry: ``None`` (serve), ``"refresh"`` (serve and refresh in the background) or
+        ``"miss"`` (compute now)."""
+        fresh_until = found.fresh_until
+        if fresh_until is None:
+            return None
         now = time.time()
         if now < fresh_until:
             ttl = self.ttl_for(cache)
-            if self.early_refresh and self.wants_early_refresh(fresh_until, seconds, ttl, now):
-                return value, "refresh"
-            return value, None
+            if self.early_refresh and self.wants_early_refresh(fresh_until, found.compute_seconds, ttl, now):
+                return "refresh"
+            return None
         if now < fresh_until + self.stale_ttl:
-            return value, "refresh"
+            return "refresh"
         if self.early_refresh and key in self.refreshing:
-            return value, None  # an early refresh is about to land: keep serving during its grace period
-        return value, "miss"
+            return None  # an early refresh is about to land: keep serving during its grace period
+        return "miss"
 
-    def stale_usable(self, stored: Any) -> bool:
+    def stale_usable(self, found: Opened | None) -> bool:
         """``serve_stale_on_error``: is this retained entry within ``stale_if_error_ttl`` of expiry?"""
-        if stored is MISSING:
-            return False
-        _, fresh_until, _ = self.unwrap(stored)
-        return time.time() < fresh_until + max(self.stale_ttl, self.stale_if_error_ttl)
+        if found is None or found.fresh_until is None:
+            return found is not None
+        return time.time() < found.fresh_until + max(self.stale_ttl, self.stale_if_error_ttl)
 
-
-class _Outcome:
-    """What a computation produced, for callers that joined it."""
-
-    __slots__ = ("generation", "stale", "value")
-
-    def __init__(self, value: Any, stale: bool, generation: int) -> None:
-        self.value = value
-        self.stale = stale
-        self.generation = generation
-
-
-def _joiner_must_retry(outcome: _Outcome, joined: bool, my_generation: int) -> bool:
-    """A joiner must not receive a value whose computation started before an invalidation that had returned
-    when the joiner started (same instance: generation), or whose write an invalidation refused (stale)."""
-    return joined and (outcome.stale or outcome.generation < my_generation)
+    def record_call(self, cache: YokedCache, stats: FunctionStats, hit: bool, seconds: float) -> None:
+        if hit:
+            stats.hits += 1
+            stats.hit_seconds += seconds
+        else:
+            stats.misses += 1
+            stats.miss_seconds += seconds
+        if cache.metrics is not None:
+            cache.metrics.record_function(self.name, hit, seconds)
 
 
 def _make_async(opts: _Options) -> Callable[..., Any]:
     func = opts.func
 
-    async def compute_here(
-        cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any
-    ) -> _Outcome:
-        generation = cache.invalidation_generation
-        tokens = await cache.capture_tokens(tags, key)  # before running: see the module docstring
-        started = time.perf_counter()
-        value = await func(*args, **kwargs)
-        outcome = "skipped"
-        if opts.ttl != 0 and (opts.condition is None or opts.condition(value)):
-            stored, ttl = opts.wrap(value, cache, time.perf_counter() - started)
-            outcome = await cache.store_computed(
-                key, stored, tokens, tags, ttl=ttl, serialization=opts.serialization
-            )
-        return _Outcome(value, outcome == "stale", generation)
-
-    async def compute(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> _Outcome:
-        if not opts.lock:
-            return await compute_here(cache, key, tags, args, kwargs)
-        owner = secrets.token_hex(8)
-        pause = 0.0
-        while True:
-            if await cache.acquire_lock(key, owner, opts.lock_timeout):
-                try:
-                    # Another process may have stored it between our miss and taking the lock.
-                    value = opts.fresh_value(await cache.peek(key, MISSING))
-                    if value is not MISSING:
-                        return _Outcome(value, False, cache.invalidation_generation)
-                    return await compute_here(cache, key, tags, args, kwargs)
-                finally:
-                    await cache.release_lock(key, owner)
-            if pause:
-                await asyncio.sleep(pause)  # woken but still locked: do not spin on the backend
-            await cache.wait_for_release(key, opts.lock_timeout)
-            value = opts.fresh_value(await cache.peek(key, MISSING))
-            if value is not MISSING:
-                return _Outcome(value, False, cache.invalidation_generation)
-            pause = min(_LOCK_BACKOFF_MAX, pause * 2 or 0.002)
-
-    async def call(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> Any:
-        if not opts.single_flight:
-            return (await compute(cache, key, tags, args, kwargs)).value
-        my_generation = cache.invalidation_generation
-        flight = cache.full_key(key)
-        while True:
-            outcome, joined = await cache.flights.arun(
-                flight, lambda: compute(cache, key, tags, args, kwargs)
-            )
-            if not _joiner_must_retry(outcome, joined, my_generation):
-                return outcome.value
+    def fill(cache: YokedCache, key: str, args: Any, kwargs: Any, shared: bool) -> Any:
+        """Run the function for a miss (``shared``: with single flight and the lock) and store it."""
+        return cache.fill(
+            key,
+            lambda: func(*args, **kwargs),
+            tags=opts.tags_for(args, kwargs),
+            serialization=opts.serialization,
+            single_flight=shared and opts.single_flight,
+            plan=opts.plan(cache),
+            lock=opts.lock_timeout if shared and opts.lock else None,
+        )
 
     def refresh_in_background(cache: YokedCache, key: str, args: Any, kwargs: Any) -> None:
         if not opts.claim_refresh(key):
@@ -346,7 +289,7 @@ def _make_async(opts: _Options) -> Callable[..., Any]:
 
         async def run() -> None:
             try:
-                await compute_here(cache, key, opts.tags_for(args, kwargs), args, kwargs)
+                await fill(cache, key, args, kwargs, shared=False)
             except Exception as exc:
                 logger.warning("background refresh of %s failed: %s", opts.name, exc)
             finally:
@@ -360,35 +303,35 @@ def _make_async(opts: _Options) -> Callable[..., Any]:
         key = opts.key_for(args, kwargs)
         stats = opts.stats(cache)
         started = time.perf_counter()
-        stored = await cache.get(key, MISSING)
-        if stored is not MISSING:
-            if not opts.records:  # the common case: a plain entry is fresh while it exists
-                stats.hits += 1
-                stats.hit_seconds += time.perf_counter() - started
-                return stored
-            value, action = opts.judge_hit(stored, key, cache)
+        found: Opened | None = None
+        if not opts.records:  # the common case: a plain entry is fresh while it exists
+            value = await cache.get(key, MISSING)
+            if value is not MISSING:
+                opts.record_call(cache, stats, True, time.perf_counter() - started)
+                return value
+        else:
+            found = await cache.lookup(key)
+            action = "miss" if found is None else opts.judge(found, key, cache)
+            cache.count_read(action != "miss")
             if action != "miss":
                 if action == "refresh":
                     refresh_in_background(cache, key, args, kwargs)
-                stats.hits += 1
-                stats.hit_seconds += time.perf_counter() - started
-                return value
+                opts.record_call(cache, stats, True, time.perf_counter() - started)
+                return found.value  # type: ignore[union-attr]
         try:
-            return await call(cache, key, opts.tags_for(args, kwargs), args, kwargs)
+            return await fill(cache, key, args, kwargs, shared=True)
         except Exception:
-            if opts.serve_stale_on_error and opts.stale_usable(stored):
+            if opts.serve_stale_on_error and opts.stale_usable(found):
                 logger.warning("%s failed; serving its last good value", opts.name, exc_info=True)
-                return opts.unwrap(stored)[0]
+                return found.value  # type: ignore[union-attr]
             raise
         finally:
-            stats.misses += 1
-            stats.miss_seconds += time.perf_counter() - started
+            opts.record_call(cache, stats, False, time.perf_counter() - started)
 
     async def refresh(*args: Any, **kwargs: Any) -> Any:
         """Run the function now, store its result and return it."""
         cache = opts.resolve_cache()
-        key = opts.key_for(args, kwargs)
-        return (await compute_here(cache, key, opts.tags_for(args, kwargs), args, kwargs)).value
+        return await fill(cache, opts.key_for(args, kwargs), args, kwargs, shared=False)
 
     async def invalidate(*args: Any, **kwargs: Any) -> bool:
         """Delete this call's entry; True if one was removed."""
@@ -402,50 +345,16 @@ def _make_async(opts: _Options) -> Callable[..., Any]:
 def _make_sync(opts: _Options) -> Callable[..., Any]:
     func = opts.func
 
-    def compute_here(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> _Outcome:
-        generation = cache.invalidation_generation
-        tokens = cache.capture_tokens_sync(tags, key)
-        started = time.perf_counter()
-        value = func(*args, **kwargs)
-        outcome = "skipped"
-        if opts.ttl != 0 and (opts.condition is None or opts.condition(value)):
-            stored, ttl = opts.wrap(value, cache, time.perf_counter() - started)
-            outcome = cache.store_computed_sync(
-                key, stored, tokens, tags, ttl=ttl, serialization=opts.serialization
-            )
-        return _Outcome(value, outcome == "stale", generation)
-
-    def compute(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> _Outcome:
-        if not opts.lock:
-            return compute_here(cache, key, tags, args, kwargs)
-        owner = secrets.token_hex(8)
-        pause = 0.0
-        while True:
-            if cache.acquire_lock_sync(key, owner, opts.lock_timeout):
-                try:
-                    value = opts.fresh_value(cache.peek_sync(key, MISSING))
-                    if value is not MISSING:
-                        return _Outcome(value, False, cache.invalidation_generation)
-                    return compute_here(cache, key, tags, args, kwargs)
-                finally:
-                    cache.release_lock_sync(key, owner)
-            if pause:
-                time.sleep(pause)
-            cache.wait_for_release_sync(key, opts.lock_timeout)
-            value = opts.fresh_value(cache.peek_sync(key, MISSING))
-            if value is not MISSING:
-                return _Outcome(value, False, cache.invalidation_generation)
-            pause = min(_LOCK_BACKOFF_MAX, pause * 2 or 0.002)
-
-    def call(cache: YokedCache, key: str, tags: tuple[str, ...], args: Any, kwargs: Any) -> Any:
-        if not opts.single_flight:
-            return compute(cache, key, tags, args, kwargs).value
-        my_generation = cache.invalidation_generation
-        flight = cache.full_key(key)
-        while True:
-            outcome, joined = cache.flights.run(flight, lambda: compute(cache, key, tags, args, kwargs))
-            if not _joiner_must_retry(outcome, joined, my_generation):
-                return outcome.value
+    def fill(cache: YokedCache, key: str, args: Any, kwargs: Any, shared: bool) -> Any:
+        return cache.fill_sync(
+            key,
+            lambda: func(*args, **kwargs),
+            tags=opts.tags_for(args, kwargs),
+            serialization=opts.serialization,
+            single_flight=shared and opts.single_flight,
+            plan=opts.plan(cache),
+            lock=opts.lock_timeout if shared and opts.lock else None,
+        )
 
     def refresh_in_background(cache: YokedCache, key: str, args: Any, kwargs: Any) -> None:
         if not opts.claim_refresh(key):
@@ -453,7 +362,7 @@ def _make_sync(opts: _Options) -> Callable[..., Any]:
 
         def run() -> None:
             try:
-                compute_here(cache, key, opts.tags_for(args, kwargs), args, kwargs)
+                fill(cache, key, args, kwargs, shared=False)
             except Exception as exc:
                 logger.warning("background refresh of %s failed: %s", opts.name, exc)
             finally:
@@ -467,38 +376,36 @@ def _make_sync(opts: _Options) -> Callable[..., Any]:
         key = opts.key_for(args, kwargs)
         stats = opts.stats(cache)
         started = time.perf_counter()
-        stored = cache.get_sync(key, MISSING)
-        if stored is not MISSING:
-            if not opts.records:  # the common case: a plain entry is fresh while it exists
-                stats.hits += 1
-                stats.hit_seconds += time.perf_counter() - started
-                return stored
-            value, action = opts.judge_hit(stored, key, cache)
+        found: Opened | None = None
+        if not opts.records:
+            value = cache.get_sync(key, MISSING)
+            if value is not MISSING:
+                opts.record_call(cache, stats, True, time.perf_counter() - started)
+                return value
+        else:
+            found = cache.lookup_sync(key)
+            action = "miss" if found is None else opts.judge(found, key, cache)
+            cache.count_read(action != "miss")
             if action != "miss":
                 if action == "refresh":
                     refresh_in_background(cache, key, args, kwargs)
-                stats.hits += 1
-                stats.hit_seconds += time.perf_counter() - started
-                return value
+                opts.record_call(cache, stats, True, time.perf_counter() - started)
+                return found.value  # type: ignore[union-attr]
         try:
-            return call(cache, key, opts.tags_for(args, kwargs), args, kwargs)
+            return fill(cache, key, args, kwargs, shared=True)
         except Exception:
-            if opts.serve_stale_on_error and opts.stale_usable(stored):
+            if opts.serve_stale_on_error and opts.stale_usable(found):
                 logger.warning("%s failed; serving its last good value", opts.name, exc_info=True)
-                return opts.unwrap(stored)[0]
+                return found.value  # type: ignore[union-attr]
             raise
         finally:
-            stats.misses += 1
-            stats.miss_seconds += time.perf_counter() - started
+            opts.record_call(cache, stats, False, time.perf_counter() - started)
 
     def refresh(*args: Any, **kwargs: Any) -> Any:
-        """Run the function now, store its result and return it."""
         cache = opts.resolve_cache()
-        key = opts.key_for(args, kwargs)
-        return compute_here(cache, key, opts.tags_for(args, kwargs), args, kwargs).value
+        return fill(cache, opts.key_for(args, kwargs), args, kwargs, shared=False)
 
     def invalidate(*args: Any, **kwargs: Any) -> bool:
-        """Delete this call's entry; True if one was removed."""
         return opts.resolve_cache().delete_sync(opts.key_for(args, kwargs))
 
     wrapper.refresh = refresh  # type: ignore[attr-defined]

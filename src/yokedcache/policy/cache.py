@@ -16,11 +16,11 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from ..backends.base import Backend
+from ..backends.base import Backend, new_token
 from ..backends.memory import MemoryBackend
-from ..codec.envelope import open_envelope, peek, seal
+from ..codec.envelope import Opened, open_envelope, peek, seal
 from ..config import CacheConfig, jittered_ttl_ms
 from ..exceptions import CacheConnectionError, CacheError, CacheSerializationError
 from ..keys import check_key, escape_glob, normalize_tags
@@ -34,6 +34,8 @@ Call = tuple[Backend, str, tuple[Any, ...]]
 Op = Generator[Call, Any, T]
 
 _MISSING: Any = object()
+_GARBAGE: Any = object()
+LOCK_BACKOFF_MAX = 0.05  # seconds; a waiter woken while the lock is still held backs off up to this
 REPLAY_INTERVAL = 0.05  # seconds between background attempts to deliver queued invalidations
 _default_lock = threading.Lock()
 _first_cache: YokedCache | None = None
@@ -360,8 +362,14 @@ class YokedCache:
         serialization: SerializationMethod | str | None = None,
         *,
         compress: bool | None = None,
+        fresh_until: float | None = None,
+        compute_seconds: float = 0.0,
     ) -> bytes | None:
-        """Encode a value for ``full_key``; ``None`` if it cannot be (fallback on: logged, not stored)."""
+        """Encode a value for ``full_key``; ``None`` if it cannot be (fallback on: logged, not stored).
+
+        ``fresh_until`` marks an entry kept past its freshness (stale-while-revalidate, stale-if-error):
+        plain reads treat it as a miss after that time; ``lookup`` still returns it.
+        """
         threshold = self._compression
         if compress is not None:
             threshold = self.config.compression_threshold if compress else None
@@ -375,6 +383,8 @@ class YokedCache:
                 signing_key=self._signing_key,
                 max_value_bytes=self.config.max_value_bytes,
                 created_at=time.time(),
+                fresh_until=fresh_until,
+                compute_seconds=compute_seconds,
             )
         except CacheSerializationError as exc:
             if not self.config.fallback_enabled:
@@ -382,10 +392,10 @@ class YokedCache:
             logger.warning("not caching %s: %s", full_key, exc)
             return None
 
-    def open(self, full_key: str, body: bytes | None) -> Any:
-        """Decode a stored body; ``_MISSING`` for an absent, garbage, forged or tampered entry."""
+    def decode(self, full_key: str, body: bytes | None) -> Opened | None:
+        """Decode a stored body, freshness aside; ``None`` for absent, garbage, forged or tampered ones."""
         if body is None:
-            return _MISSING
+            return None
         opened = open_envelope(
             body,
             key=full_key,
@@ -396,7 +406,18 @@ class YokedCache:
         if opened is None:
             self._stats.errors += 1
             self._burst.log(logging.WARNING, f"undecodable or tampered entry treated as a miss: {full_key}")
+        return opened
+
+    def open(self, full_key: str, body: bytes | None) -> Any:
+        """The value of a stored body: ``_MISSING`` if absent or past its freshness, ``_GARBAGE`` if it
+        cannot be decoded (forged, tampered, truncated...)."""
+        if body is None:
             return _MISSING
+        opened = self.decode(full_key, body)
+        if opened is None:
+            return _GARBAGE
+        if opened.fresh_until is not None and time.time() >= opened.fresh_until:
+            return _MISSING  # kept only for stale serving: invisible to plain reads
         return opened.value
 
     def count_sets(self, count: int) -> None:
@@ -421,7 +442,7 @@ class YokedCache:
     def _read(self, full: str, body: bytes | None, count: bool) -> Any:
         value = self.open(full, body)
         if count:
-            self.count_read(value is not _MISSING)
+            self.count_read(value is not _MISSING and value is not _GARBAGE)
         return value
 
     def _op_drop_garbage(self, backend: Backend, full: str) -> Op[None]:
@@ -432,11 +453,10 @@ class YokedCache:
         backend, full = self._full(key)
         body = yield backend, "get", (full,)
         value = self._read(full, body, count)
-        if value is _MISSING:
-            if body is not None:
-                yield from self._op_drop_garbage(backend, full)
+        if value is _GARBAGE:
+            yield from self._op_drop_garbage(backend, full)
             return default
-        return value
+        return default if value is _MISSING else value
 
     def _op_set(
         self,
@@ -474,7 +494,8 @@ class YokedCache:
     def _op_exists(self, key: str) -> Op[bool]:
         backend, full = self._full(key)
         body = yield backend, "get", (full,)
-        return self.open(full, body) is not _MISSING
+        value = self.open(full, body)
+        return value is not _MISSING and value is not _GARBAGE
 
     def _op_ttl(self, key: str) -> Op[int | None]:
         backend, full = self._full(key)
@@ -510,7 +531,7 @@ class YokedCache:
         out: dict[str, Any] = {}
         for key, _, full in located:
             value = self._read(full, bodies.get(full), count)
-            out[key] = None if value is _MISSING else value
+            out[key] = None if value is _MISSING or value is _GARBAGE else value
         return out
 
     def _op_live_entries(self, tags: Any, limit: int = 100_000) -> Op[dict[str, Any]]:
@@ -591,11 +612,14 @@ class YokedCache:
         serialization: Any,
         tags: Sequence[str],
         tokens: Sequence[str] | None,
+        fresh_for: float | None = None,
+        compute_seconds: float = 0.0,
     ) -> Op[str]:
         if tokens is None:
             return "skipped"  # the tokens could not be read: freshness cannot be vouched for
         backend, full = self._full(key)
-        body = self.seal(full, value, serialization)
+        fresh_until = None if fresh_for is None else time.time() + fresh_for
+        body = self.seal(full, value, serialization, fresh_until=fresh_until, compute_seconds=compute_seconds)
         if body is None:
             return "skipped"
         self.count_sets(1)
@@ -722,8 +746,9 @@ class YokedCache:
         if self._next_publish <= time.monotonic():
             await self._publish_stats()
         if value is _MISSING:
-            if body is not None:
-                await self._arun(self._op_drop_garbage(backend, full), None)
+            return default
+        if value is _GARBAGE:
+            await self._arun(self._op_drop_garbage(backend, full), None)
             return default
         return value
 
@@ -877,13 +902,16 @@ class YokedCache:
         *,
         ttl: float | None = None,
         serialization: SerializationMethod | str | None = None,
+        fresh_for: float | None = None,
+        compute_seconds: float = 0.0,
     ) -> str:
         """Store a computed value only if its captured tokens are still current.
 
         Returns ``"stored"``, ``"stale"`` (an invalidation happened while it was computed: not stored)
-        or ``"skipped"`` (not storable, or the backend was unreachable).
+        or ``"skipped"`` (not storable, or the backend was unreachable). With ``fresh_for``, the entry
+        is kept for ``ttl`` seconds but plain reads see it only for the first ``fresh_for``.
         """
-        op = self._op_store_computed(key, value, ttl, serialization, tags, tokens)
+        op = self._op_store_computed(key, value, ttl, serialization, tags, tokens, fresh_for, compute_seconds)
         return await self._arun(op, "skipped")
 
     def store_computed_sync(
@@ -895,8 +923,27 @@ class YokedCache:
         *,
         ttl: float | None = None,
         serialization: SerializationMethod | str | None = None,
+        fresh_for: float | None = None,
+        compute_seconds: float = 0.0,
     ) -> str:
-        return self._run(self._op_store_computed(key, value, ttl, serialization, tags, tokens), "skipped")
+        op = self._op_store_computed(key, value, ttl, serialization, tags, tokens, fresh_for, compute_seconds)
+        return self._run(op, "skipped")
+
+    def _op_lookup(self, key: str) -> Op[Opened | None]:
+        backend, full = self._full(key)
+        body = yield backend, "get", (full,)
+        opened = self.decode(full, body)
+        if opened is None and body is not None:
+            yield from self._op_drop_garbage(backend, full)
+        return opened
+
+    async def lookup(self, key: str) -> Opened | None:
+        """The decoded entry of ``key`` including one kept past its freshness (``fresh_until``), for
+        stale-serving integrations. Not counted as a read: the caller decides what it was."""
+        return await self._arun(self._op_lookup(key), None)
+
+    def lookup_sync(self, key: str) -> Opened | None:
+        return self._run(self._op_lookup(key), None)
 
     async def peek(self, key: str, default: Any = None) -> Any:
         """Like ``get`` but not counted in the stats (for integrations re-checking an entry)."""
@@ -941,6 +988,9 @@ class YokedCache:
     # when that computation started after the caller itself did, or when the result was proven fresh
     # (stored, or tokens unchanged afterwards); otherwise it computes again. With the backend down nothing
     # can be proven, so joiners compute for themselves rather than risk an old answer.
+    #
+    # ``lock`` (a lease in seconds) extends the single flight across processes through the backend: one
+    # process computes, the others wait to be woken when it releases and then read its value.
     async def fill(
         self,
         key: str,
@@ -950,29 +1000,53 @@ class YokedCache:
         ttl: float | None = None,
         serialization: SerializationMethod | str | None = None,
         single_flight: bool = True,
-        shape: Callable[[Any, float], tuple[Any, float | None] | None] | None = None,
+        plan: Callable[[Any, float], StorePlan | None] | None = None,
+        lock: float | None = None,
     ) -> Any:
         """Compute a missing value for ``key`` with ``produce`` and store it (see the note above).
 
-        ``shape(value, seconds)`` returns the stored form and TTL, or ``None`` to not store the value.
+        ``plan(value, seconds)`` says how to store a result (``StorePlan``) or ``None`` to not store it.
         """
         called_at = time.monotonic()
 
-        async def run() -> tuple[Any, float, bool]:
-            started_at = time.monotonic()
+        async def compute(started_at: float) -> tuple[Any, float, bool]:
             tokens = await self.capture_tokens(tags, key)
             clock = time.perf_counter()
             value = await produce()
-            stored = shape(value, time.perf_counter() - clock) if shape is not None else (value, ttl)
+            seconds = time.perf_counter() - clock
+            planned = plan(value, seconds) if plan is not None else StorePlan(value, ttl)
             outcome = "skipped"
-            if stored is not None:
+            if planned is not None:
                 outcome = await self.store_computed(
-                    key, stored[0], tokens, tags, ttl=stored[1], serialization=serialization
+                    key, planned.value, tokens, tags, ttl=planned.ttl, serialization=serialization,
+                    fresh_for=planned.fresh_for, compute_seconds=seconds,
                 )
             fresh = outcome == "stored"
             if not fresh and outcome != "stale" and tokens is not None:
                 fresh = tokens == (await self.capture_tokens(tags, key))
             return value, started_at, fresh
+
+        async def run() -> tuple[Any, float, bool]:
+            started_at = time.monotonic()
+            if lock is None:
+                return await compute(started_at)
+            owner, pause = new_token(), 0.0
+            while True:
+                if await self.acquire_lock(key, owner, lock):
+                    try:
+                        found = await self.lookup(key)  # stored by another process meanwhile?
+                        if _still_fresh(found):
+                            return found.value, started_at, True  # type: ignore[union-attr]
+                        return await compute(started_at)
+                    finally:
+                        await self.release_lock(key, owner)
+                if pause:
+                    await asyncio.sleep(pause)  # woken but still locked: do not spin on the backend
+                await self.wait_for_release(key, lock)
+                found = await self.lookup(key)
+                if _still_fresh(found):
+                    return found.value, started_at, True  # type: ignore[union-attr]
+                pause = min(LOCK_BACKOFF_MAX, pause * 2 or 0.002)
 
         if not single_flight:
             return (await run())[0]
@@ -991,26 +1065,50 @@ class YokedCache:
         ttl: float | None = None,
         serialization: SerializationMethod | str | None = None,
         single_flight: bool = True,
-        shape: Callable[[Any, float], tuple[Any, float | None] | None] | None = None,
+        plan: Callable[[Any, float], StorePlan | None] | None = None,
+        lock: float | None = None,
     ) -> Any:
         """Sync twin of ``fill``: concurrent threads missing one key share one ``produce`` call."""
         called_at = time.monotonic()
 
-        def run() -> tuple[Any, float, bool]:
-            started_at = time.monotonic()
+        def compute(started_at: float) -> tuple[Any, float, bool]:
             tokens = self.capture_tokens_sync(tags, key)
             clock = time.perf_counter()
             value = produce()
-            stored = shape(value, time.perf_counter() - clock) if shape is not None else (value, ttl)
+            seconds = time.perf_counter() - clock
+            planned = plan(value, seconds) if plan is not None else StorePlan(value, ttl)
             outcome = "skipped"
-            if stored is not None:
+            if planned is not None:
                 outcome = self.store_computed_sync(
-                    key, stored[0], tokens, tags, ttl=stored[1], serialization=serialization
+                    key, planned.value, tokens, tags, ttl=planned.ttl, serialization=serialization,
+                    fresh_for=planned.fresh_for, compute_seconds=seconds,
                 )
             fresh = outcome == "stored"
             if not fresh and outcome != "stale" and tokens is not None:
                 fresh = tokens == self.capture_tokens_sync(tags, key)
             return value, started_at, fresh
+
+        def run() -> tuple[Any, float, bool]:
+            started_at = time.monotonic()
+            if lock is None:
+                return compute(started_at)
+            owner, pause = new_token(), 0.0
+            while True:
+                if self.acquire_lock_sync(key, owner, lock):
+                    try:
+                        found = self.lookup_sync(key)
+                        if _still_fresh(found):
+                            return found.value, started_at, True  # type: ignore[union-attr]
+                        return compute(started_at)
+                    finally:
+                        self.release_lock_sync(key, owner)
+                if pause:
+                    time.sleep(pause)
+                self.wait_for_release_sync(key, lock)
+                found = self.lookup_sync(key)
+                if _still_fresh(found):
+                    return found.value, started_at, True  # type: ignore[union-attr]
+                pause = min(LOCK_BACKOFF_MAX, pause * 2 or 0.002)
 
         if not single_flight:
             return run()[0]
@@ -1054,8 +1152,9 @@ class YokedCache:
         if self._next_publish <= time.monotonic():
             self._publish_stats_sync()
         if value is _MISSING:
-            if body is not None:
-                self._run(self._op_drop_garbage(backend, full), None)
+            return default
+        if value is _GARBAGE:
+            self._run(self._op_drop_garbage(backend, full), None)
             return default
         return value
 
@@ -1283,6 +1382,19 @@ class YokedCache:
 
     def __repr__(self) -> str:
         return f"YokedCache(backend={self._default_backend.kind!r}, key_prefix={self.config.key_prefix!r})"
+
+
+class StorePlan(NamedTuple):
+    """How ``fill`` stores a computed value: the stored form, its TTL (``None``: the default TTL), and
+    for entries kept past their freshness, how long plain reads may see them."""
+
+    value: Any
+    ttl: float | None = None
+    fresh_for: float | None = None
+
+
+def _still_fresh(found: Opened | None) -> bool:
+    return found is not None and (found.fresh_until is None or time.time() < found.fresh_until)
 
 
 def _check_ttl(ttl: float | None) -> None:
