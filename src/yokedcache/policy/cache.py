@@ -73,7 +73,6 @@ class YokedCache:
         self._next_publish = time.monotonic() + self.config.stats_publish_interval
         self._started_at: float | None = time.time()
         self._last_error: str | None = None
-        self.invalidation_generation = 0  # bumped by every invalidation made through this instance
         self.function_stats: dict[str, Any] = {}
         self.query_stats: dict[str, Any] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -578,7 +577,6 @@ class YokedCache:
         tag_list = normalize_tags(tags)
         if not tag_list:
             return 0
-        self.invalidation_generation += 1
         total = 0
         try:
             for backend in self.backends:
@@ -656,7 +654,6 @@ class YokedCache:
     def _op_flush_all(self) -> Op[bool]:
         for backend in self.backends:
             yield backend, "flush", ()
-        self.invalidation_generation += 1
         return True
 
     def _op_get_meta(self, key: str) -> Op[dict[str, Any] | None]:
