@@ -26,6 +26,7 @@ from ..exceptions import CacheConnectionError, CacheError, CacheSerializationErr
 from ..keys import check_key, escape_glob, normalize_tags
 from ..models import CacheStats, FuzzySearchResult, SerializationMethod
 from .pending import PendingInvalidations
+from .reads import reads_of
 from .resilience import BurstLogger, CircuitBreaker, backoff, is_transient, logger
 from .singleflight import SingleFlight
 
@@ -1009,18 +1010,20 @@ class YokedCache:
         async def compute(started_at: float) -> tuple[Any, float, bool]:
             tokens = await self.capture_tokens(tags, key)
             clock = time.perf_counter()
-            value = await produce()
+            with reads_of(self, key) as reads:  # the tables its SQL reads become tags of the value
+                value = await produce()
             seconds = time.perf_counter() - clock
+            all_tags, all_tokens = reads.merge_into(tags, tokens)
             planned = plan(value, seconds) if plan is not None else StorePlan(value, ttl)
             outcome = "skipped"
             if planned is not None:
                 outcome = await self.store_computed(
-                    key, planned.value, tokens, tags, ttl=planned.ttl, serialization=serialization,
+                    key, planned.value, all_tokens, all_tags, ttl=planned.ttl, serialization=serialization,
                     fresh_for=planned.fresh_for, compute_seconds=seconds,
                 )
             fresh = outcome == "stored"
-            if not fresh and outcome != "stale" and tokens is not None:
-                fresh = tokens == (await self.capture_tokens(tags, key))
+            if not fresh and outcome != "stale" and all_tokens is not None:
+                fresh = all_tokens == (await self.capture_tokens(all_tags, key))
             return value, started_at, fresh
 
         async def run() -> tuple[Any, float, bool]:
@@ -1071,18 +1074,20 @@ class YokedCache:
         def compute(started_at: float) -> tuple[Any, float, bool]:
             tokens = self.capture_tokens_sync(tags, key)
             clock = time.perf_counter()
-            value = produce()
+            with reads_of(self, key) as reads:
+                value = produce()
             seconds = time.perf_counter() - clock
+            all_tags, all_tokens = reads.merge_into(tags, tokens)
             planned = plan(value, seconds) if plan is not None else StorePlan(value, ttl)
             outcome = "skipped"
             if planned is not None:
                 outcome = self.store_computed_sync(
-                    key, planned.value, tokens, tags, ttl=planned.ttl, serialization=serialization,
+                    key, planned.value, all_tokens, all_tags, ttl=planned.ttl, serialization=serialization,
                     fresh_for=planned.fresh_for, compute_seconds=seconds,
                 )
             fresh = outcome == "stored"
-            if not fresh and outcome != "stale" and tokens is not None:
-                fresh = tokens == self.capture_tokens_sync(tags, key)
+            if not fresh and outcome != "stale" and all_tokens is not None:
+                fresh = all_tokens == self.capture_tokens_sync(all_tags, key)
             return value, started_at, fresh
 
         def run() -> tuple[Any, float, bool]:

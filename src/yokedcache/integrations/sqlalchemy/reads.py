@@ -1,0 +1,329 @@
+"""``do_orm_execute``: serve a SELECT from the cache, or run it and store it, or step aside.
+
+**Bypass** (the statement runs exactly as without caching) for: non-SELECTs; ``execution_options(
+yokedcache=False)``; refresh and column loads, lazy and other relationship loads; ``populate_existing``;
+``yield_per``/streaming; ``FOR UPDATE``; sharded identities; snapshot isolation (REPEATABLE READ or
+SERIALIZABLE: the snapshot may predate an invalidation the tokens already reflect, so neither a hit nor a
+store would be safe — the conservative choice, no caching at all); statements whose shape is
+uncacheable (volatile SQL functions, no tables, ``text()`` reading unknown tables, bundles); with
+``table_name``, statements not reading it; statements reading a table this transaction has written and
+not committed; parameters of a type without a canonical encoding.
+
+Pending changes are flushed first when autoflush would flush them anyway, so they count as written.
+
+**Hit**: one backend round trip (``cache.get``), then real objects rebuilt in this session (``rows.py``) and
+a ``Result`` of the statement's own shape (``statements.ResultTemplate``). No SQL is sent.
+
+**Miss**: the tags' tokens are captured *before* the database is read, the statement runs in a private
+session sharing this session's connection and transaction (so the payload holds database values, not this
+session's possibly older in-memory objects), statements that loading issues on its behalf (``selectin``,
+``subquery`` eager loads, polymorphic loads) add their tables, each captured before it runs, and the payload
+is stored only if every token is still current. The caller's rows are rebuilt from that same payload, so
+a miss and a hit return the same thing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sqlalchemy.engine import Result
+from sqlalchemy.orm import ORMExecuteState, Session
+
+from ...config import effective_table_settings
+from ...keys import normalize_tags
+from ...policy.cache import YokedCache
+from ...policy.reads import ReadFrame, current_frame
+from . import bridge, rows, writes
+from .catalog import catalog
+from .keys import UnknownParameter, query_key
+from .statements import Shape, shape_of, tables_read_by
+from .stats import record_hit, record_miss
+
+logger = logging.getLogger("yokedcache")
+
+CACHING_KEY = "yokedcache.query_caching"
+RECORDER_KEY = "yokedcache.read_recorder"
+_MISSING: Any = object()
+_SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT"})
+_OPTION_NAMES = frozenset({"ttl", "tags"})
+
+
+def on_do_orm_execute(orm_state: ORMExecuteState) -> Result[Any] | None:
+    """The ``Session.do_orm_execute`` listener (one for every session; inert without caching state)."""
+    info = orm_state.session.info
+    caching = info.get(CACHING_KEY)
+    if caching is None:
+        recorder = info.get(RECORDER_KEY)
+        if recorder is not None:
+            recorder.before_nested(orm_state)
+        return None
+    if not orm_state.is_select:
+        return None
+    read = _plan(caching, orm_state)
+    return None if read is None else read.serve()
+
+
+# --- deciding ----------------------------------------------------------------------------------------------
+
+
+def _statement_options(value: Any) -> dict[str, Any]:
+    if value is True or value is None:
+        return {}
+    if not isinstance(value, dict) or not _OPTION_NAMES.issuperset(value):
+        raise ValueError(f"execution option yokedcache must be False or a dict with ttl/tags, got {value!r}")
+    ttl = value.get("ttl")
+    if ttl is not None and (not isinstance(ttl, (int, float)) or ttl < 0):
+        raise ValueError(f"yokedcache ttl must be a number >= 0, got {ttl!r}")
+    return {"ttl": ttl, "tags": normalize_tags(value.get("tags"))}
+
+
+def _must_bypass(orm_state: ORMExecuteState, options: Any) -> bool:
+    if orm_state.is_column_load or orm_state.is_relationship_load:
+        return True
+    load = orm_state.load_options
+    if load._populate_existing or load._yield_per or options.get("populate_existing"):
+        return True
+    if options.get("yield_per") or options.get("stream_results") or options.get("identity_token"):
+        return True
+    if "shard_id" in orm_state.bind_arguments:
+        return True
+    return getattr(orm_state.statement, "_for_update_arg", None) is not None
+
+
+def _snapshot_isolation(bind: Any, connections: set[Any]) -> bool:
+    """True under REPEATABLE READ/SERIALIZABLE (SQLite's nominal SERIALIZABLE default excepted: pysqlite
+    runs reads outside ``BEGIN``, so each statement sees the latest commit)."""
+    dialect = bind.dialect
+    levels = [c.get_execution_options().get("isolation_level") for c in connections]
+    levels.append(bind.get_execution_options().get("isolation_level"))
+    levels.append(getattr(dialect, "_on_connect_isolation_level", None))
+    configured = [level for level in levels if level]
+    if not configured and dialect.name != "sqlite":
+        default = getattr(dialect, "default_isolation_level", None)
+        if default is None:
+            return True  # the dialect has not connected yet: run this one plainly, decide next time
+        configured = [default]
+    return any(str(level).upper() in _SNAPSHOT_LEVELS for level in configured)
+
+
+def _cache_key(statement: Any) -> Any:
+    """SQLAlchemy's structural cache key (``None``: the statement cannot be cached by structure)."""
+    generate = getattr(statement, "_generate_cache_key", None)
+    return None if generate is None else generate()
+
+
+def _reads_table(shape: Shape, table_name: str) -> bool:
+    return any(t == table_name or t.rpartition(".")[2] == table_name for t in shape.tables)
+
+
+def _plan(caching: Any, orm_state: ORMExecuteState) -> _Read | None:
+    options = orm_state.execution_options
+    own = options.get("yokedcache", True)
+    if own is False or _must_bypass(orm_state, options):
+        return None
+    overrides = _statement_options(own)
+    session, statement = orm_state.session, orm_state.statement
+    if orm_state.load_options._autoflush or not orm_state.is_orm_statement:
+        session._autoflush()  # what executing would do next anyway; then the changes count as writes
+    bind = session.get_bind(**orm_state.bind_arguments)
+    if _snapshot_isolation(bind, caching.connections):
+        return None
+    cache_key = _cache_key(statement)
+    if cache_key is None:
+        return None
+    engine = bind.engine
+    shape = shape_of(statement, cache_key, engine.dialect)
+    if shape.bypass is not None or (caching.table_name and not _reads_table(shape, caching.table_name)):
+        return None
+    written = writes.written_tables(caching.connections)
+    if written and (writes.EVERYTHING in written or not written.isdisjoint(shape.tables)):
+        return None
+    cache = caching.resolve_cache()
+    identity = writes.register(engine, cache)
+    parameters = orm_state.parameters
+    if parameters is not None and not isinstance(parameters, dict):
+        return None  # "executemany" parameters for a SELECT: nothing sensible to cache
+    bound = [bind_param.effective_value for bind_param in cache_key.bindparams]
+    try:
+        key = query_key(identity, shape, bound, parameters, options.get("schema_translate_map"))
+    except UnknownParameter as exc:
+        logger.debug("not caching a query with a parameter of unknown type: %s", exc)
+        return None
+    return _Read(caching, orm_state, cache, shape, key, engine, overrides)
+
+
+# --- serving ---------------------------------------------------------------------------------------------
+
+
+class _Read:
+    """One cacheable execution: its key is known; serve it from the cache or from the database."""
+
+    def __init__(
+        self,
+        caching: Any,
+        orm_state: ORMExecuteState,
+        cache: YokedCache,
+        shape: Shape,
+        key: str,
+        engine: Any,
+        overrides: dict[str, Any],
+    ) -> None:
+        self.caching = caching
+        self.orm_state = orm_state
+        self.cache = cache
+        self.shape = shape
+        self.key = key
+        self.engine = engine
+        self.overrides = overrides
+
+    def serve(self) -> Result[Any]:
+        started = time.perf_counter()
+        frame = current_frame()
+        if frame is not None:  # a hit sends no SQL, so tell the computation around us what it read
+            record_read(frame, self.shape.tables, self.engine)
+        payload = bridge.cache_get(self.cache, self.key, _MISSING)
+        if payload is not _MISSING:
+            found = self._rebuild(payload)
+            if found is not None:
+                record_hit(self.cache, self.shape.sql, self.shape.tables, time.perf_counter() - started)
+                return self._result(found)
+        return self._compute()
+
+    def _rebuild(self, payload: Any) -> list[tuple[Any, ...]] | None:
+        assert self.shape.template is not None
+        try:
+            return rows.rebuild(payload, self.orm_state.session, self.shape.template.entity_positions)
+        except Exception as exc:  # a payload from another model version, or garbage: a miss, never an error
+            logger.debug("cached rows for %s could not be rebuilt (%s); reading the database", self.key, exc)
+            return None
+
+    def _result(self, found: list[tuple[Any, ...]]) -> Result[Any]:
+        assert self.shape.template is not None
+        load = self.orm_state.load_options
+        return self.shape.template.result(found, load._only_return_tuples, load._legacy_uniquing)
+
+    def _settings(self) -> tuple[list[str], float | None, Any]:
+        settings = effective_table_settings(self.cache.config, self.shape.tables, self.shape.sql)
+        tags = {f"table:{t}" for t in self.shape.tables} | {"table:*"}
+        tags |= set(self.caching.tags) | set(settings.tags) | set(self.overrides.get("tags", ()))
+        ttl = self.overrides.get("ttl")
+        if ttl is None:
+            ttl = self.caching.ttl if self.caching.ttl is not None else settings.ttl
+        return sorted(tags), ttl, settings.serialization
+
+    def _compute(self) -> Result[Any]:
+        tags, ttl, serialization = self._settings()
+        recorder = ReadRecorder(self.cache, self.key, tags, self.engine.dialect)
+        started = time.perf_counter()
+        payload, mappers = self._load_fresh(recorder)
+        db_seconds = time.perf_counter() - started
+        if payload is None:
+            return self.orm_state.invoke_statement()  # not representable: run it plainly, cache nothing
+        if recorder.storable and ttl != 0:
+            stored_tags, tokens = recorder.tags_and_tokens()
+            bridge.store_computed(self.cache, self.key, payload, tokens, stored_tags, ttl, serialization)
+        record_miss(self.cache, self.shape.sql, self.shape.tables, db_seconds)
+        assert self.shape.template is not None
+        found = rows.rebuild(payload, self.orm_state.session, self.shape.template.entity_positions, mappers)
+        return self._result(found)
+
+    def _load_fresh(self, recorder: ReadRecorder) -> tuple[dict[str, Any] | None, list[Any]]:
+        """Run the statement in a private session on this session's connection; encode what it loaded."""
+        orm_state = self.orm_state
+        session = orm_state.session
+        connection = session.connection(bind_arguments=orm_state.bind_arguments)
+        info = {k: v for k, v in session.info.items() if k != CACHING_KEY}
+        info[RECORDER_KEY] = recorder
+        private = Session(
+            bind=connection,
+            join_transaction_mode="rollback_only",
+            autoflush=False,
+            expire_on_commit=False,
+            info=info,
+        )
+        try:
+            result = private._execute_internal(
+                orm_state.statement,
+                orm_state.parameters,
+                execution_options=orm_state.local_execution_options,
+                bind_arguments=dict(orm_state.bind_arguments),
+                _parent_execute_state=orm_state,
+            )
+            result._unique_filter_state = None  # raw rows: the template re-applies uniquing rules
+            fetched = [tuple(row) for row in result.all()]
+            assert self.shape.template is not None
+            try:
+                return rows.encode(fetched, self.shape.template.entity_positions)
+            except rows.NotCacheable:
+                return None, []
+        finally:
+            private.close()
+
+
+class ReadRecorder:
+    """Lives in the private session's ``info`` while a miss loads: extends the entry's tags with the
+    tables of every statement loading issues, capturing each one's token before that statement runs."""
+
+    def __init__(self, cache: YokedCache, key: str, tags: list[str], dialect: Any) -> None:
+        self.cache = cache
+        self.key = key
+        self.dialect = dialect
+        tokens = bridge.capture_tokens(cache, tags, key)
+        self.tokens: dict[str, str] | None = None if tokens is None else dict(zip(tags, tokens))
+
+    @property
+    def storable(self) -> bool:
+        return self.tokens is not None
+
+    def tags_and_tokens(self) -> tuple[list[str], list[str]]:
+        assert self.tokens is not None
+        tags = sorted(self.tokens)
+        return tags, [self.tokens[t] for t in tags]
+
+    def before_nested(self, orm_state: ORMExecuteState) -> None:
+        if self.tokens is None or not orm_state.is_select:
+            return
+        statement = orm_state.statement
+        cache_key = _cache_key(statement)
+        shape = None if cache_key is None else shape_of(statement, cache_key, self.dialect)
+        if shape is None or shape.bypass is not None:
+            self.tokens = None  # a load whose tables we cannot name: do not store this entry
+            return
+        new = [f"table:{t}" for t in sorted(shape.tables) if f"table:{t}" not in self.tokens]
+        if not new:
+            return
+        tokens = bridge.capture_tokens(self.cache, new, self.key)
+        if tokens is None:
+            self.tokens = None
+        else:
+            self.tokens.update(zip(new, tokens))
+
+
+# --- read tracking (see tracking.py) ---------------------------------------------------------------------
+
+
+def record_read(frame: ReadFrame, tables: frozenset[str] | None, engine: Any) -> None:
+    """Add a read of ``tables`` (``None``: tables we cannot name) to ``frame``, capturing tokens first."""
+    if tables is None:
+        frame.safe = False
+        return
+    writes.register(engine, frame.cache)  # so this database's commits reach the frame's cache
+    missing = frame.missing(["table:*", *(f"table:{t}" for t in sorted(tables))])
+    if missing:
+        frame.add(missing, bridge.capture_tokens(frame.cache, missing, frame.key))
+
+
+def track_cursor_read(
+    connection: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> None:
+    """``before_cursor_execute``: every SELECT a tracked computation sends, in any session or connection."""
+    frame = current_frame()
+    if frame is None or not frame.safe:
+        return
+    if writes.is_compiled_select(context):
+        record_read(frame, tables_read_by(context.compiled), connection.engine)
+    elif writes.raw_statement_kind(statement) == "read":
+        found = catalog().tables_in_fragment(statement)
+        record_read(frame, None if found is None else frozenset(found), connection.engine)

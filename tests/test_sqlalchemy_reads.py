@@ -1,0 +1,434 @@
+"""Cached SELECTs in a sync Session: hits send no SQL, results equal uncached ones, bypasses stay uncached."""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import bindparam, func, inspect, literal_column, select, text
+from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.orm import Session, aliased, joinedload, selectinload, subqueryload
+
+from yokedcache import TableCacheConfig
+from yokedcache.integrations.sqlalchemy import rows as rows_module
+
+from .test_sqlalchemy_support import (
+    Article,
+    Author,
+    Comment,
+    Env,
+    Label,
+    Manager,
+    Person,
+    env_fixture,  # noqa: F401  (the env fixture)
+    make_cache,
+    pg_schema_fixture,  # noqa: F401  (the pg_schema fixture)
+)
+
+
+def plain(value: Any) -> Any:
+    """A comparable picture of a result: entities as (class, primary key, loaded columns), recursively."""
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "_mapping"):
+        return ("row", list(value._mapping.keys()), [plain(v) for v in value])
+    if hasattr(value, "_sa_instance_state"):
+        state = inspect(value)
+        columns = {p.key: state.dict[p.key] for p in state.mapper.column_attrs if p.key in state.dict}
+        return (type(value).__name__, state.identity, sorted(columns.items()))
+    return value
+
+
+SHAPES: dict[str, Callable[[Session], Any]] = {
+    "entities": lambda s: s.execute(select(Author).order_by(Author.id)).scalars().all(),
+    "entity rows": lambda s: s.execute(select(Author).order_by(Author.id)).all(),
+    "entity and column": lambda s: s.execute(
+        select(Article, Author.name).join(Article.author).order_by(Article.id)
+    ).all(),
+    "two entities, outer join": lambda s: s.execute(
+        select(Author, Article).outerjoin(Article, (Article.author_id == Author.id) & (Article.id > 2))
+        .order_by(Author.id)
+    ).all(),
+    "columns": lambda s: s.execute(
+        select(Author.name, Author.balance, Author.joined).order_by(Author.id)
+    ).all(),
+    "mappings": lambda s: s.execute(select(Author.id, Author.name).order_by(Author.id)).mappings().all(),
+    "scalar": lambda s: s.scalar(select(func.count(Article.id))),
+    "scalars of a column": lambda s: s.scalars(select(Article.title).order_by(Article.title.desc())).all(),
+    "aggregate rows": lambda s: s.execute(
+        select(Author.name, func.count(Article.id).label("n")).join(Author.articles).group_by(Author.name)
+        .order_by(Author.name)
+    ).all(),
+    "get": lambda s: s.get(Author, 1),
+    "get missing": lambda s: s.get(Author, 99),
+    "legacy all": lambda s: s.query(Article).filter(Article.published.is_(True)).order_by(Article.id).all(),
+    "legacy first": lambda s: s.query(Author).filter(Author.name == "bob").first(),
+    "legacy count": lambda s: s.query(Article).count(),
+    "legacy one": lambda s: s.query(Author).filter(Author.id == 1).one(),
+    "legacy scalar": lambda s: s.query(Author.name).filter(Author.id == 2).scalar(),
+    "legacy tuples": lambda s: s.query(Author, Article.title).join(Author.articles)
+    .order_by(Article.id).all(),
+    "legacy iteration": lambda s: list(s.query(Label).order_by(Label.id)),
+    "polymorphic base": lambda s: s.execute(select(Person).order_by(Person.id)).scalars().all(),
+    "joined inheritance": lambda s: s.execute(select(Manager)).scalars().all(),
+    "joined eager collection": lambda s: s.execute(
+        select(Author).options(joinedload(Author.articles)).order_by(Author.id)
+    ).unique().scalars().all(),
+    "subquery": lambda s: s.execute(
+        select(Author).where(Author.id.in_(select(Article.author_id).where(Article.published.is_(True))))
+        .order_by(Author.id)
+    ).scalars().all(),
+    "cte": lambda s: s.execute(
+        select(Author.name).join(c := select(Article.author_id).cte("c"), c.c.author_id == Author.id)
+        .order_by(Author.name)
+    ).all(),
+    "aliased self-join": lambda s: s.execute(
+        select(Author.name, (other := aliased(Author)).name).join(other, other.id != Author.id)
+        .order_by(Author.name)
+    ).all(),
+    "empty": lambda s: s.execute(select(Author).where(Author.name == "nobody")).scalars().all(),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_results_equal_uncached_and_a_hit_sends_no_sql(env: Env, shape: str) -> None:
+    query = SHAPES[shape]
+    with env.plain() as session:
+        expected = plain(query(session))
+    env.sql()
+    with env.session() as session:
+        first = plain(query(session))
+    assert env.sql() >= 1
+    with env.session() as session:
+        second = plain(query(session))
+    assert env.sql() == 0, f"{shape}: a hit sent SQL"
+    assert first == expected
+    assert second == expected
+
+
+def test_joined_eager_collections_still_require_unique(env: Env) -> None:
+    statement = select(Author).options(joinedload(Author.articles))
+    for _ in range(2):  # miss, then hit
+        with env.session() as session, pytest.raises(InvalidRequestError, match="unique"):
+            session.execute(statement).scalars().all()
+    assert env.sql() == 1
+
+
+def test_row_mapping_lookup_by_entity_and_column(env: Env) -> None:
+    for _ in range(2):
+        with env.session() as session:
+            row = session.execute(select(Author, Author.name).where(Author.id == 1)).one()
+            assert row._mapping[Author].name == "ada"
+            assert row._mapping[Author.name] == "ada"
+            assert row.name == "ada"
+    assert env.sql() == 1
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        lambda: joinedload(Article.labels),
+        lambda: selectinload(Article.labels),
+        lambda: subqueryload(Article.labels),
+    ],
+    ids=["joined", "selectin", "subquery"],
+)
+def test_eager_loaded_relationships_come_back_loaded(env: Env, option: Callable[[], Any]) -> None:
+    statement = select(Article).options(option(), selectinload(Article.author)).order_by(Article.id)
+    with env.session() as session:
+        session.execute(statement).unique().scalars().all()
+    env.sql()
+    with env.session() as session:
+        articles = session.execute(statement).unique().scalars().all()
+        assert [[label.name for label in a.labels] for a in articles] == [["python", "sql"], ["sql"], []]
+        assert [a.author.name for a in articles] == ["ada", "ada", "bob"]
+        assert articles[0].author is articles[1].author  # one identity, one object
+    assert env.sql() == 0
+
+
+def test_unloaded_relationships_lazy_load_normally(env: Env) -> None:
+    statement = select(Author).where(Author.id == 1)
+    with env.session() as session:
+        session.execute(statement).scalar_one()
+    env.sql()
+    with env.session() as session:
+        ada = session.execute(statement).scalar_one()
+        assert env.sql() == 0
+        assert [a.title for a in ada.articles] == ["first", "second"]
+        assert env.sql() == 1  # the lazy load itself is never served from the cache
+
+
+def test_selectin_tables_are_tags_of_the_parent_entry(env: Env) -> None:
+    statement = select(Author).options(selectinload(Author.articles)).order_by(Author.id)
+    with env.session() as session:
+        session.execute(statement).scalars().all()
+    with env.session() as session:
+        session.get(Article, 2).title = "renamed"
+        session.commit()
+    env.sql()
+    with env.session() as session:
+        authors = session.execute(statement).scalars().all()
+        assert [a.title for a in authors[0].articles] == ["first", "renamed"]
+    assert env.sql() == 2
+
+
+# --- identity and sessions -------------------------------------------------------------------------------
+
+
+def test_a_hit_never_overwrites_pending_changes(env: Env) -> None:
+    statement = select(Author).order_by(Author.id)
+    with env.session() as session:
+        session.execute(statement).scalars().all()
+    with env.session(autoflush=False) as session:
+        ada = session.get(Author, 1)
+        ada.name = "pending"
+        authors = session.execute(statement).scalars().all()
+        assert authors[0] is ada
+        assert ada.name == "pending"
+        assert ada in session.dirty
+
+
+def test_a_hit_fills_what_an_identity_has_not_loaded(env: Env) -> None:
+    statement = select(Author).order_by(Author.id)
+    with env.session() as session:
+        session.execute(statement).scalars().all()
+    with env.session() as session:
+        ada = session.get(Author, 1)
+        session.expire(ada)
+        env.sql()
+        authors = session.execute(statement).scalars().all()
+        assert authors[0] is ada
+        assert ada.name == "ada"
+        assert env.sql() == 0
+
+
+def test_rebuilt_objects_are_persistent_clean_and_flush_normally(env: Env) -> None:
+    statement = select(Author).where(Author.id == 2)
+    with env.session() as session:
+        session.execute(statement).scalar_one()
+    with env.session() as session:
+        bob = session.execute(statement).scalar_one()
+        state = inspect(bob)
+        assert state.persistent and not state.modified and bob not in session.dirty
+        assert bob.balance == decimal.Decimal("0.00")
+        bob.name = "robert"
+        session.commit()
+    with env.plain() as session:
+        assert session.get(Author, 2).name == "robert"
+
+
+def test_sessions_without_caching_are_untouched(env: Env) -> None:
+    for _ in range(2):
+        with env.plain() as session:
+            session.execute(select(Author)).scalars().all()
+    assert env.sql() == 2
+
+
+# --- bypass ------------------------------------------------------------------------------------------------
+
+BYPASSED: dict[str, Callable[[Session], Any]] = {
+    "for update": lambda s: s.execute(select(Author).with_for_update()).scalars().all(),
+    "populate_existing": lambda s: s.execute(
+        select(Author).execution_options(populate_existing=True)
+    ).scalars().all(),
+    "yield_per": lambda s: list(s.execute(select(Author).execution_options(yield_per=1)).scalars()),
+    "opted out": lambda s: s.execute(select(Author).execution_options(yokedcache=False)).scalars().all(),
+    "volatile now()": lambda s: s.execute(select(Author.name, func.now())).all(),
+    "volatile random()": lambda s: s.execute(select(Author).order_by(func.random())).scalars().all(),
+    "current_timestamp": lambda s: s.execute(select(Author.name, func.current_timestamp())).all(),
+    "text select": lambda s: s.execute(text("SELECT name FROM yc_authors")).all(),
+    "parameter of unknown type": lambda s: s.execute(
+        select(Author).where(Author.name == bindparam("n", value=_Name("ada")))
+    ).scalars().all(),
+}
+
+
+class _Name(str):
+    """A str subclass: its value is not a canonical parameter, so the query is not cached."""
+
+
+@pytest.mark.parametrize("case", list(BYPASSED))
+def test_bypassed_statements_always_reach_the_database(env: Env, case: str) -> None:
+    for _ in range(2):
+        with env.session() as session:
+            BYPASSED[case](session)
+    assert env.sql() == 2
+    assert not any(k.startswith("sql:") for k in env.cache.get_all_keys_sync())
+
+
+def test_text_fragments_resolve_known_tables_and_bypass_unknown_ones(env: Env) -> None:
+    with env.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS yc_outside (x INTEGER)")
+    known = select(Author.name).where(text("id IN (SELECT author_id FROM yc_articles WHERE published)"))
+    unknown = select(literal_column("x")).select_from(text("yc_outside"))
+    env.sql()
+    for _ in range(2):
+        with env.session() as session:
+            assert sorted(session.execute(known).scalars()) == ["ada", "bob"]
+            session.execute(unknown).all()
+    assert env.sql() == 3
+    with env.session() as session:
+        session.get(Article, 3).published = False
+        session.commit()
+    with env.session() as session:
+        assert session.execute(known).scalars().all() == ["ada"]
+
+
+def test_refresh_and_column_loads_are_bypassed(env: Env) -> None:
+    with env.session() as session:
+        ada = session.get(Author, 1)
+        env.sql()
+        session.refresh(ada)
+        session.expire(ada, ["name"])
+        assert ada.name == "ada"
+        session.refresh(ada)
+    assert env.sql() == 3
+
+
+def test_table_name_caches_only_selects_reading_that_table(env: Env) -> None:
+    from yokedcache.sqlalchemy import cache_queries
+
+    for _ in range(2):
+        with cache_queries(Session(env.engine), cache=env.cache, table_name="yc_labels") as session:
+            session.execute(select(Label)).scalars().all()
+            session.execute(select(Author)).scalars().all()
+    assert env.sql() == 3  # labels: one miss then a hit; authors: never cached
+
+
+def test_statement_options_override_ttl_and_add_tags(env: Env) -> None:
+    with env.session() as session:
+        session.execute(select(Label).execution_options(yokedcache={"ttl": 42, "tags": ["labels"]})).all()
+    (key,) = [k for k in env.cache.get_all_keys_sync() if k.startswith("sql:")]
+    meta = env.cache.get_meta_sync(key)
+    assert meta is not None and 40 <= meta["ttl"] <= 42
+    assert set(meta["tags"]) == {"labels", "table:*", "table:yc_labels"}
+    env.cache.invalidate_tags_sync("labels")
+    env.sql()
+    with env.session() as session:
+        session.execute(select(Label)).all()
+    assert env.sql() == 1
+
+
+def test_bad_statement_options_are_refused(env: Env) -> None:
+    with env.session() as session, pytest.raises(ValueError, match="yokedcache"):
+        session.execute(select(Label).execution_options(yokedcache={"tll": 3})).all()
+
+
+def test_ttl_priority_session_then_query_specific_then_table(
+    env: Env, request: pytest.FixtureRequest
+) -> None:
+    from yokedcache.sqlalchemy import cache_queries
+
+    tables = {"yc_labels": TableCacheConfig(ttl=500, tags={"taxonomy"}, query_specific_ttls={"ORDER BY": 77})}
+    cache = make_cache("memory", "ttlprio", request, tables=tables)
+
+    def ttl_of(statement: Any, **options: Any) -> int:
+        cache.flush_all_sync()
+        with cache_queries(Session(env.engine), cache=cache, **options) as session:
+            session.execute(statement).all()
+        (key,) = cache.get_all_keys_sync()
+        meta = cache.get_meta_sync(key)
+        assert meta is not None and "taxonomy" in meta["tags"]
+        return int(meta["ttl"])
+
+    assert ttl_of(select(Label)) == 500
+    assert ttl_of(select(Label).order_by(Label.id)) == 77
+    assert ttl_of(select(Label).order_by(Label.id), ttl=9) == 9
+
+
+# --- keys, payloads, statistics ----------------------------------------------------------------------------
+
+
+def test_parameters_and_structure_make_different_keys(env: Env) -> None:
+    with env.session() as session:
+        assert session.get(Author, 1).name == "ada"
+        assert session.get(Author, 2).name == "bob"
+        assert session.execute(select(Author.name).where(Author.id == 1)).scalar() == "ada"
+        assert session.execute(select(Author.name).where(Author.id == 2)).scalar() == "bob"
+        assert session.execute(select(Author.id).where(Author.name.in_(["ada", "bob"]))).scalars().all()
+        assert session.execute(select(Author.id).where(Author.name.in_(["ada"]))).scalars().all() == [1]
+    assert len([k for k in env.cache.get_all_keys_sync() if k.startswith("sql:")]) == 6
+
+
+def test_a_payload_from_a_changed_model_is_never_rebuilt(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    statement = select(Label).order_by(Label.id)
+    with env.session() as session:
+        session.execute(statement).scalars().all()
+    env.sql()
+    monkeypatch.setattr(rows_module, "_fingerprints", _OtherFingerprints())
+    with env.session() as session:
+        assert [label.name for label in session.execute(statement).scalars()] == ["python", "sql"]
+    assert env.sql() == 1
+
+
+class _OtherFingerprints(dict):  # type: ignore[type-arg]
+    """Every mapper fingerprints differently: what a model change looks like to old payloads."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return "changed-model"
+
+
+def test_garbage_under_a_key_is_a_miss(env: Env) -> None:
+    statement = select(Label)
+    with env.session() as session:
+        session.execute(statement).scalars().all()
+    (key,) = [k for k in env.cache.get_all_keys_sync() if k.startswith("sql:")]
+    env.cache.set_sync(key, {"v": 1, "classes": [["nowhere", "Nothing", "x"]], "objects": [], "rows": []})
+    env.sql()
+    with env.session() as session:
+        assert len(session.execute(statement).scalars().all()) == 2
+    assert env.sql() == 1
+
+
+def test_query_statistics_per_shape(env: Env) -> None:
+    statement = select(Comment).order_by(Comment.id)
+    for _ in range(3):
+        with env.session() as session:
+            session.execute(statement).scalars().all()
+    queries = env.cache.get_stats_sync().queries
+    (entry,) = [q for q in queries.values() if "yc_comments" in q["tables"]]
+    assert entry["hits"] == 2 and entry["misses"] == 1
+    assert entry["mean_db_ms"] > 0 and entry["time_saved_ms"] >= 0
+    assert "FROM yc_comments" in entry["sql"]
+
+
+def test_query_statistics_are_bounded(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from yokedcache.integrations.sqlalchemy import stats
+
+    monkeypatch.setattr(stats, "MAX_SHAPES", 3)
+    with env.session() as session:
+        for number in range(6):
+            session.execute(select(Label.id, literal_column(str(number)).label("n"))).all()
+    assert len(env.cache.query_stats) == 3
+
+
+def test_an_unreachable_cache_never_fails_a_query(env: Env) -> None:
+    from yokedcache import YokedCache
+    from yokedcache.sqlalchemy import cache_queries
+
+    down = YokedCache(
+        redis_url="redis://127.0.0.1:1/0", connection_retries=0, connection_timeout=0.2, key_prefix="down"
+    )
+    for _ in range(2):
+        with cache_queries(Session(env.engine), cache=down) as session:
+            labels = session.execute(select(Label).order_by(Label.id)).scalars().all()
+            assert len(labels) == 2
+            session.get(Label, 1).name = "still works"  # in the identity map: no SQL
+            session.commit()
+    assert env.sql() == 3  # select, update; select (the name is already set: no update)
+
+
+@pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
+@pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
+def test_snapshot_isolation_is_never_served_or_stored(env: Env, level: str) -> None:
+    """A snapshot may predate invalidations the tokens already show: neither a hit nor a store is safe."""
+    from yokedcache.sqlalchemy import cache_queries
+
+    engine = env.engine.execution_options(isolation_level=level)
+    for _ in range(2):
+        with cache_queries(Session(engine), cache=env.cache) as session:
+            assert len(session.execute(select(Label)).scalars().all()) == 2
+    assert env.sql() == 2
+    assert not any(k.startswith("sql:") for k in env.cache.get_all_keys_sync())
