@@ -432,3 +432,37 @@ def test_snapshot_isolation_is_never_served_or_stored(env: Env, level: str) -> N
             assert len(session.execute(select(Label)).scalars().all()) == 2
     assert env.sql() == 2
     assert not any(k.startswith("sql:") for k in env.cache.get_all_keys_sync())
+
+
+def test_table_compression_applies_to_cached_queries(tmp_path: Any) -> None:
+    """TableCacheConfig(enable_compression=True) compresses the SQL entries of queries reading that table."""
+    from sqlalchemy import Column, Integer, String, create_engine, select
+    from sqlalchemy.orm import Session, declarative_base
+
+    from yokedcache import CacheConfig, TableCacheConfig, YokedCache
+    from yokedcache.sqlalchemy import cache_queries
+
+    base = declarative_base()
+
+    class Note(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "yc_compressed_notes"
+        id = Column(Integer, primary_key=True)
+        body = Column(String)
+
+    engine = create_engine(f"sqlite:///{tmp_path}/notes.db")
+    base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all(Note(id=i, body="lorem ipsum " * 40) for i in range(20))
+        session.commit()
+    config = CacheConfig(
+        key_prefix="ycnotes", tables={"yc_compressed_notes": TableCacheConfig(enable_compression=True)}
+    )
+    cache = YokedCache(config)
+    with Session(engine) as session:
+        cache_queries(session, cache=cache)
+        session.execute(select(Note)).scalars().all()
+    keys = cache.get_all_keys_sync()
+    assert keys, "the query was not cached"
+    metas = [cache.get_meta_sync(key) for key in keys]
+    assert all(meta is not None and meta["compressed"] for meta in metas), metas
+    engine.dispose()

@@ -613,12 +613,14 @@ class YokedCache:
         tokens: Sequence[str] | None,
         fresh_for: float | None = None,
         compute_seconds: float = 0.0,
+        compress: bool | None = None,
     ) -> Op[str]:
         if tokens is None:
             return "skipped"  # the tokens could not be read: freshness cannot be vouched for
         backend, full = self._full(key)
         fresh_until = None if fresh_for is None else time.time() + fresh_for
-        body = self.seal(full, value, serialization, fresh_until=fresh_until, compute_seconds=compute_seconds)
+        seconds = compute_seconds
+        body = self.seal(full, value, serialization, compress=compress, fresh_until=fresh_until, compute_seconds=seconds)
         if body is None:
             return "skipped"
         self.count_sets(1)
@@ -902,14 +904,18 @@ class YokedCache:
         serialization: SerializationMethod | str | None = None,
         fresh_for: float | None = None,
         compute_seconds: float = 0.0,
+        compress: bool | None = None,
     ) -> str:
         """Store a computed value only if its captured tokens are still current.
 
         Returns ``"stored"``, ``"stale"`` (an invalidation happened while it was computed: not stored)
         or ``"skipped"`` (not storable, or the backend was unreachable). With ``fresh_for``, the entry
-        is kept for ``ttl`` seconds but plain reads see it only for the first ``fresh_for``.
+        is kept for ``ttl`` seconds but plain reads see it only for the first ``fresh_for``. ``compress``
+        overrides ``enable_compression`` for this entry (per-table settings).
         """
-        op = self._op_store_computed(key, value, ttl, serialization, tags, tokens, fresh_for, compute_seconds)
+        op = self._op_store_computed(
+            key, value, ttl, serialization, tags, tokens, fresh_for, compute_seconds, compress
+        )
         return await self._arun(op, "skipped")
 
     def store_computed_sync(
@@ -923,8 +929,11 @@ class YokedCache:
         serialization: SerializationMethod | str | None = None,
         fresh_for: float | None = None,
         compute_seconds: float = 0.0,
+        compress: bool | None = None,
     ) -> str:
-        op = self._op_store_computed(key, value, ttl, serialization, tags, tokens, fresh_for, compute_seconds)
+        op = self._op_store_computed(
+            key, value, ttl, serialization, tags, tokens, fresh_for, compute_seconds, compress
+        )
         return self._run(op, "skipped")
 
     def _op_lookup(self, key: str) -> Op[Opened | None]:

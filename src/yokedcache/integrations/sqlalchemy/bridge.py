@@ -42,11 +42,12 @@ def store_computed(
     tags: Sequence[str],
     ttl: float | None,
     serialization: Any,
+    compress: bool | None = None,
 ) -> str:
+    options = {"ttl": ttl, "serialization": serialization, "compress": compress}
     if _in_greenlet():
-        coro = cache.store_computed(key, value, tokens, tags, ttl=ttl, serialization=serialization)
-        return _await(coro)
-    return cache.store_computed_sync(key, value, tokens, tags, ttl=ttl, serialization=serialization)
+        return _await(cache.store_computed(key, value, tokens, tags, **options))
+    return cache.store_computed_sync(key, value, tokens, tags, **options)
 
 
 def invalidate_tags(cache: YokedCache, tags: Sequence[str]) -> None:

@@ -204,17 +204,17 @@ class _Read:
         load = self.orm_state.load_options
         return self.shape.template.result(found, load._only_return_tuples, load._legacy_uniquing)
 
-    def _settings(self) -> tuple[list[str], float | None, Any]:
+    def _settings(self) -> tuple[list[str], float | None, Any, bool | None]:
         settings = effective_table_settings(self.cache.config, self.shape.tables, self.shape.sql)
         tags = {f"table:{t}" for t in self.shape.tables} | {"table:*"}
         tags |= set(self.caching.tags) | set(settings.tags) | set(self.overrides.get("tags", ()))
         ttl = self.overrides.get("ttl")
         if ttl is None:
             ttl = self.caching.ttl if self.caching.ttl is not None else settings.ttl
-        return sorted(tags), ttl, settings.serialization
+        return sorted(tags), ttl, settings.serialization, settings.compression
 
     def _compute(self) -> Result[Any]:
-        tags, ttl, serialization = self._settings()
+        tags, ttl, serialization, compress = self._settings()
         recorder = ReadRecorder(self.cache, self.key, tags, self.engine.dialect)
         started = time.perf_counter()
         payload, mappers = self._load_fresh(recorder)
@@ -223,7 +223,9 @@ class _Read:
             return self.orm_state.invoke_statement()  # not representable: run it plainly, cache nothing
         if recorder.storable and ttl != 0:
             stored_tags, tokens = recorder.tags_and_tokens()
-            bridge.store_computed(self.cache, self.key, payload, tokens, stored_tags, ttl, serialization)
+            bridge.store_computed(
+                self.cache, self.key, payload, tokens, stored_tags, ttl, serialization, compress
+            )
         record_miss(self.cache, self.shape.sql, self.shape.tables, db_seconds)
         assert self.shape.template is not None
         found = rows.rebuild(payload, self.orm_state.session, self.shape.template.entity_positions, mappers)
