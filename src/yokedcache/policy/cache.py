@@ -619,8 +619,10 @@ class YokedCache:
             return "skipped"  # the tokens could not be read: freshness cannot be vouched for
         backend, full = self._full(key)
         fresh_until = None if fresh_for is None else time.time() + fresh_for
-        seconds = compute_seconds
-        body = self.seal(full, value, serialization, compress=compress, fresh_until=fresh_until, compute_seconds=seconds)
+        body = self.seal(
+            full, value, serialization, compress=compress, fresh_until=fresh_until,
+            compute_seconds=compute_seconds,
+        )
         if body is None:
             return "skipped"
         self.count_sets(1)
