@@ -319,6 +319,7 @@ INVALID: list[tuple[str, Any]] = [
     ("key_prefix", "a[b]"),
     ("key_prefix", "a]"),
     ("key_prefix", "a\\b"),
+    ("key_prefix", "app:v1"),
     ("key_prefix", 5),
     ("ttl_jitter_percent", -0.1),
     ("ttl_jitter_percent", 100),
@@ -501,7 +502,7 @@ def test_boundaries_accepted() -> None:
         statsd_port=1,
         stats_publish_interval=0,
         log_level="warning",
-        key_prefix="app:v1-cache_x",
+        key_prefix="app.v1-cache_x",
     )
     assert config.ttl_jitter_percent == 99.9
     assert config.log_level == "WARNING"

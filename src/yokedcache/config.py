@@ -210,6 +210,9 @@ def _as_key_prefix(value: Any, label: str) -> str:
         _fail(label, value, "must not contain whitespace")
     if any(ch in _GLOB_CHARS for ch in value):
         _fail(label, value, "must not contain glob characters * ? [ ] \\")
+    if ":" in value:
+        # "app" and "app:v1" would overlap: flushing "app" (every "app:*" key) would wipe "app:v1" too
+        _fail(label, value, "must not contain ':' (it separates the prefix from the key)")
     return value
 
 
