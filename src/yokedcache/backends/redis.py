@@ -56,31 +56,35 @@ class _Watchdog:
     The async client has no socket timeout of its own: redis-py implements one with ``asyncio.wait_for``
     per read (a task per command on Python 3.11), and even one ``asyncio.timeout`` per operation costs a
     timer-heap insert and removal on the hit path. Instead, operations register their deadline in a dict
-    and one periodic check cancels the late ones; a late operation is reported as a timeout within a
-    quarter of the timeout after its deadline.
+    and a single timer, armed for the earliest deadline, cancels the late ones. While operations finish
+    in time the timer fires about once per timeout period, whatever the number of operations.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.timeout = timeout
         self.deadlines: dict[asyncio.Task[Any], float] = {}
         self.expired: set[asyncio.Task[Any]] = set()
         self.handle: asyncio.TimerHandle | None = None
 
     def watch(self, task: asyncio.Task[Any], timeout: float) -> None:
-        self.deadlines[task] = self.loop.time() + timeout
+        deadline = self.loop.time() + timeout
+        self.deadlines[task] = deadline
         if self.handle is None:
-            self.handle = self.loop.call_later(self.timeout / 4, self._check)
+            self.handle = self.loop.call_at(deadline, self._check)
 
     def _check(self) -> None:
         self.handle = None
         now = self.loop.time()
+        earliest = None
         for task, deadline in list(self.deadlines.items()):
-            if deadline <= now and task not in self.expired:
-                self.expired.add(task)
-                task.cancel()
-        if self.deadlines:
-            self.handle = self.loop.call_later(self.timeout / 4, self._check)
+            if deadline <= now:
+                if task not in self.expired:
+                    self.expired.add(task)
+                    task.cancel()
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        if earliest is not None:
+            self.handle = self.loop.call_at(earliest, self._check)
 
 
 class _AsyncGuard:
@@ -675,7 +679,7 @@ class RedisBackend(Backend):
         loop = asyncio.get_running_loop()
         watchdog = self._watchdogs.get(loop)
         if watchdog is None:
-            watchdog = self._watchdogs[loop] = _Watchdog(loop, self.operation_timeout)
+            watchdog = self._watchdogs[loop] = _Watchdog(loop)
         return _AsyncGuard(self, watchdog, self.connection_timeout if bulk else self.operation_timeout)
 
     def _lock_keys(self, key: str) -> tuple[str, str]:
