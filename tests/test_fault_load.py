@@ -50,8 +50,14 @@ class Ledger:
         self.lock = threading.Lock()
 
 
-def run_load(cache: YokedCache, reader_cache: YokedCache, postgres_url: str, table: str,
-             ledger: Ledger, stop: threading.Event) -> list[threading.Thread]:
+def run_load(
+    cache: YokedCache,
+    reader_cache: YokedCache,
+    postgres_url: str,
+    table: str,
+    ledger: Ledger,
+    stop: threading.Event,
+) -> list[threading.Thread]:
     import psycopg2
 
     local = threading.local()
@@ -109,7 +115,9 @@ def run_load(cache: YokedCache, reader_cache: YokedCache, postgres_url: str, tab
                 elif value < floor:
                     ledger.stale.append((time.monotonic(), index % 2, row, floor - value))
 
-    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=writer)] + [
+        threading.Thread(target=reader, args=(i,)) for i in range(4)
+    ]
     for thread in threads:
         thread.start()
     return threads
@@ -151,9 +159,11 @@ def test_stop_pause_restart_during_load(own_redis: Any, postgres_url: str, count
 
     same_process_stale = [s for s in ledger.stale if s[1] == 0]
     other_process_stale = [s for s in ledger.stale if s[1] == 1]
-    print(f"\nreads={ledger.reads} errors={len(ledger.errors)} wrong={len(ledger.wrong)} "
-          f"stale(writer's process)={len(same_process_stale)} stale(other process)={len(other_process_stale)} "
-          f"recovery={recovery:.3f}s")
+    print(
+        f"\nreads={ledger.reads} errors={len(ledger.errors)} wrong={len(ledger.wrong)} "
+        f"stale(writer's process)={len(same_process_stale)} stale(other process)={len(other_process_stale)} "
+        f"recovery={recovery:.3f}s"
+    )
     assert ledger.reads > 200
     assert ledger.errors == []
     assert ledger.wrong == []

@@ -88,7 +88,10 @@ async def test_recovers_after_restart_and_serves_no_old_entry(own_redis: Any) ->
 
 async def test_circuit_breaker_opens_skips_and_probes(own_redis: Any) -> None:
     cache = make_cache(
-        own_redis, enable_circuit_breaker=True, circuit_breaker_failure_threshold=3, circuit_breaker_timeout=0.5,
+        own_redis,
+        enable_circuit_breaker=True,
+        circuit_breaker_failure_threshold=3,
+        circuit_breaker_timeout=0.5,
         connection_retries=0,
     )
     assert (await cache.detailed_health_check())["circuit_breaker"]["state"] == "closed"
