@@ -81,6 +81,7 @@ def test_a_hit_from_the_sql_cache_is_tracked_too(env: Env) -> None:
 def test_lazy_loads_and_nested_computations_add_their_tables(env: Env) -> None:
     def titles() -> list[str]:
         with env.plain() as session:
+
             def inner() -> str:
                 return session.get(Author, 1).name
 
@@ -126,6 +127,7 @@ async def test_frames_follow_async_sessions_into_the_greenlet(tmp_path: Any, cac
 
 # --- the tutorial's Pattern 3, end to end ------------------------------------------------------------------
 
+
 def test_pattern_3_attribute_updates_retire_cached_repository_results(tmp_path: Any, sync_cache: Any) -> None:
     from . import test_dependency as tutorial
 
@@ -153,3 +155,43 @@ def test_pattern_3_attribute_updates_retire_cached_repository_results(tmp_path: 
     finally:
         tutorial.set_default_cache(None)
         engine.dispose()
+
+
+def test_dependency_values_are_retired_by_commits_to_the_tables_they_read(
+    tmp_path: Any, sync_cache: Any
+) -> None:
+    """A non-session dependency (feature flags read from the database) follows the tables it read."""
+    from sqlalchemy import Boolean, Column, String, create_engine, event, select
+    from sqlalchemy.orm import Session, declarative_base
+
+    from yokedcache import cached_dependency
+
+    base = declarative_base()
+
+    class Flag(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "yc_flags"
+        name = Column(String, primary_key=True)
+        enabled = Column(Boolean)
+
+    engine = create_engine(f"sqlite:///{tmp_path}/flags.db")
+    base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(Flag(name="beta", enabled=False))
+        session.commit()
+    statements = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    def feature_flags() -> dict[str, bool]:
+        with Session(engine) as session:
+            return {flag.name: flag.enabled for flag in session.scalars(select(Flag))}
+
+    flags = cached_dependency(feature_flags, cache=sync_cache)
+    assert flags() == {"beta": False}
+    reads = len(statements)
+    assert flags() == {"beta": False}
+    assert len(statements) == reads  # served from the cache
+    with Session(engine) as session:
+        session.get(Flag, "beta").enabled = True
+        session.commit()
+    assert flags() == {"beta": True}  # the commit to yc_flags retired the cached value
+    engine.dispose()

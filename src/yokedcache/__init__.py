@@ -15,8 +15,20 @@ from .exceptions import (
 )
 from .models import CacheStats, FuzzySearchResult, SerializationMethod
 from .policy.cache import YokedCache, get_default_cache, set_default_cache
+from .policy.reads import before_frames
 
 __version__ = "2.0.0.dev0"
+
+
+def _sql_read_tracking() -> None:
+    # SQL reads made while a cached value is computed become tags of that value, once SQLAlchemy is in
+    # use; importing the integration package does not import SQLAlchemy.
+    from .integrations.sqlalchemy import ensure_read_tracking
+
+    ensure_read_tracking()
+
+
+before_frames(_sql_read_tracking)
 
 __all__ = [
     "CacheConfig",

@@ -37,7 +37,6 @@ from ..keys import normalize_tags
 from ..models import SerializationMethod
 from ..policy.cache import MISSING, StorePlan, YokedCache, get_default_cache
 from .arguments import KeyBuilder
-from .sqlalchemy import ensure_read_tracking
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("yokedcache")
@@ -274,7 +273,6 @@ def _make_async(opts: _Options) -> Callable[..., Any]:
 
     def fill(cache: YokedCache, key: str, args: Any, kwargs: Any, shared: bool) -> Any:
         """Run the function for a miss (``shared``: with single flight and the lock) and store it."""
-        ensure_read_tracking()
         return cache.fill(
             key,
             lambda: func(*args, **kwargs),
@@ -348,7 +346,6 @@ def _make_sync(opts: _Options) -> Callable[..., Any]:
     func = opts.func
 
     def fill(cache: YokedCache, key: str, args: Any, kwargs: Any, shared: bool) -> Any:
-        ensure_read_tracking()
         return cache.fill_sync(
             key,
             lambda: func(*args, **kwargs),

@@ -34,6 +34,7 @@ from ..config import effective_table_settings
 from ..exceptions import CacheKeyError
 from ..keys import normalize_tags
 from ..policy.cache import MISSING, YokedCache, get_default_cache
+from ..policy.reads import reads_of
 from .arguments import KeyBuilder
 
 AUTO_DETECT = "auto_detect"
@@ -195,8 +196,9 @@ def _sync_generator(spec: _Spec) -> Callable[..., Generator[Any, Any, Any]]:
                 yield value
                 return
             tokens = cache.capture_tokens_sync(tags, key)
-        gen = spec.dependency(*args, **kwargs)
-        first = next(gen)
+        with reads_of(cache, key or "_") as reads:  # tables it reads become tags of its value
+            gen = spec.dependency(*args, **kwargs)
+            first = next(gen)
         try:
             is_session = spec.classify(first, key, key_error)
         except CacheKeyError as exc:
@@ -208,7 +210,8 @@ def _sync_generator(spec: _Spec) -> Callable[..., Generator[Any, Any, Any]]:
             finally:
                 use.release()
         assert key is not None
-        cache.store_computed_sync(key, first, tokens, tags, ttl=ttl)
+        all_tags, all_tokens = reads.merge_into(tags, tokens)
+        cache.store_computed_sync(key, first, all_tokens, all_tags, ttl=ttl)
         return (yield from _forward(gen, first))
 
     return wrapper
@@ -226,8 +229,9 @@ def _async_generator(spec: _Spec) -> Callable[..., AsyncGenerator[Any, Any]]:
                 yield value
                 return
             tokens = await cache.capture_tokens(tags, key)
-        agen = spec.dependency(*args, **kwargs)
-        first = await agen.__anext__()
+        with reads_of(cache, key or "_") as reads:
+            agen = spec.dependency(*args, **kwargs)
+            first = await agen.__anext__()
         try:
             is_session = spec.classify(first, key, key_error)
         except CacheKeyError as exc:
@@ -236,7 +240,8 @@ def _async_generator(spec: _Spec) -> Callable[..., AsyncGenerator[Any, Any]]:
         use = _SessionUse(first, spec, cache) if is_session else None
         if use is None:
             assert key is not None
-            await cache.store_computed(key, first, tokens, tags, ttl=ttl)
+            all_tags, all_tokens = reads.merge_into(tags, tokens)
+            await cache.store_computed(key, first, all_tokens, all_tags, ttl=ttl)
         try:
             to_yield = first
             while True:  # the async twin of _forward: async generators cannot ``yield from``
@@ -273,12 +278,14 @@ def _sync_function(spec: _Spec) -> Callable[..., Any]:
             if value is not MISSING:
                 return value
             tokens = cache.capture_tokens_sync(tags, key)
-        value = spec.dependency(*args, **kwargs)
+        with reads_of(cache, key or "_") as reads:
+            value = spec.dependency(*args, **kwargs)
         if spec.classify(value, key, key_error):
             _SessionUse(value, spec, cache)  # a returned session is the caller's: caching stays on
             return value
         assert key is not None
-        cache.store_computed_sync(key, value, tokens, tags, ttl=ttl)
+        all_tags, all_tokens = reads.merge_into(tags, tokens)
+        cache.store_computed_sync(key, value, all_tokens, all_tags, ttl=ttl)
         return value
 
     return wrapper
@@ -295,12 +302,14 @@ def _async_function(spec: _Spec) -> Callable[..., Any]:
             if value is not MISSING:
                 return value
             tokens = await cache.capture_tokens(tags, key)
-        value = await spec.dependency(*args, **kwargs)
+        with reads_of(cache, key or "_") as reads:
+            value = await spec.dependency(*args, **kwargs)
         if spec.classify(value, key, key_error):
             _SessionUse(value, spec, cache)
             return value
         assert key is not None
-        await cache.store_computed(key, value, tokens, tags, ttl=ttl)
+        all_tags, all_tokens = reads.merge_into(tags, tokens)
+        await cache.store_computed(key, value, all_tokens, all_tags, ttl=ttl)
         return value
 
     return wrapper

@@ -19,7 +19,7 @@ layer can open frames unconditionally.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -68,6 +68,14 @@ class ReadFrame:
 
 
 _current: ContextVar[ReadFrame | None] = ContextVar("yokedcache_read_frame", default=None)
+_before_frame: list[Callable[[], None]] = []
+
+
+def before_frames(hook: Callable[[], None]) -> None:
+    """Run ``hook`` before each frame opens: how an integration that fills frames (SQLAlchemy) makes sure
+    its listeners are installed, without this layer knowing about it. Hooks must be cheap and idempotent."""
+    if hook not in _before_frame:
+        _before_frame.append(hook)
 
 
 def current_frame() -> ReadFrame | None:
@@ -78,6 +86,8 @@ def current_frame() -> ReadFrame | None:
 @contextmanager
 def reads_of(cache: Any, key: str) -> Iterator[ReadFrame]:
     """Track the reads made while computing the value stored under ``key`` in ``cache``."""
+    for hook in _before_frame:
+        hook()
     outer = _current.get()
     frame = ReadFrame(cache, key)
     reset = _current.set(frame)
@@ -89,4 +99,4 @@ def reads_of(cache: Any, key: str) -> Iterator[ReadFrame]:
             outer.absorb(frame)
 
 
-__all__ = ["ReadFrame", "current_frame", "reads_of"]
+__all__ = ["ReadFrame", "before_frames", "current_frame", "reads_of"]

@@ -35,6 +35,7 @@ from ...config import effective_table_settings
 from ...keys import normalize_tags
 from ...policy.cache import YokedCache
 from ...policy.reads import ReadFrame, current_frame
+from ...policy.resilience import BurstLogger
 from . import bridge, rows, writes
 from .catalog import catalog
 from .keys import UnknownParameter, query_key
@@ -42,6 +43,7 @@ from .statements import Shape, shape_of, tables_read_by
 from .stats import record_hit, record_miss
 
 logger = logging.getLogger("yokedcache")
+_shape_failures = BurstLogger()
 
 CACHING_KEY = "yokedcache.query_caching"
 RECORDER_KEY = "yokedcache.read_recorder"
@@ -61,7 +63,13 @@ def on_do_orm_execute(orm_state: ORMExecuteState) -> Result[Any] | None:
         return None
     if not orm_state.is_select:
         return None
-    read = _plan(caching, orm_state)
+    try:
+        read = _plan(caching, orm_state)
+    except ValueError:
+        raise  # a malformed execution_options(yokedcache=...): the caller's mistake, reported as such
+    except Exception as exc:  # a statement shape this integration does not understand: run it uncached
+        _shape_failures.log(logging.WARNING, f"query not cached ({type(exc).__name__}: {exc})")
+        return None
     return None if read is None else read.serve()
 
 

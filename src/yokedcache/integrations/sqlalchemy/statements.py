@@ -312,7 +312,10 @@ def tables_read_by(compiled: Any) -> frozenset[str] | None:
 
 def _template(statement: Any, compiled: Any, compile_state: Any) -> ResultTemplate | None:
     if statement._propagate_attrs.get("compile_state_plugin") == "orm":
-        if any(type(e).__name__ not in _SUPPORTED_ENTITIES for e in compile_state._entities):
+        entities = getattr(compile_state, "_entities", None)
+        if entities is None:  # e.g. a UNION of ORM selects: its rows have no single entity layout
+            return None
+        if any(type(e).__name__ not in _SUPPORTED_ENTITIES for e in entities):
             return None
         return _orm_template(compile_state)
     return _core_template(compiled)
