@@ -591,3 +591,45 @@ def test_constructor_validates_its_arguments() -> None:
         HTTPCacheMiddleware(app, cache=YokedCache(), ttl=0)
     with pytest.raises(ValueError):
         HTTPCacheMiddleware(app, cache=YokedCache(), max_body_size=-1)
+
+
+async def test_commits_retire_responses_built_from_the_tables_they_read(tmp_path: Any) -> None:
+    """A cached response depends on the tables the endpoint's SQL read: a commit to one retires it."""
+    from fastapi import FastAPI
+    from sqlalchemy import Column, Integer, String, create_engine, select
+    from sqlalchemy.orm import Session, declarative_base
+
+    base = declarative_base()
+
+    class Item(base):  # type: ignore[valid-type, misc]
+        __tablename__ = "yc_http_items"
+        id = Column(Integer, primary_key=True)
+        name = Column(String)
+
+    engine = create_engine(f"sqlite:///{tmp_path}/items.db")
+    base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(Item(id=1, name="first"))
+        session.commit()
+    calls = 0
+    app = FastAPI()
+
+    @app.get("/items")
+    def items() -> list[str]:
+        nonlocal calls
+        calls += 1
+        with Session(engine) as session:
+            return [item.name for item in session.scalars(select(Item).order_by(Item.id))]
+
+    cache = YokedCache(key_prefix="http-reads")
+    app.add_middleware(HTTPCacheMiddleware, cache=cache, ttl=60)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        assert (await client.get("/items")).json() == ["first"]
+        again = await client.get("/items")
+        assert again.headers["x-yokedcache"] == "HIT" and calls == 1
+        with Session(engine) as session:
+            session.add(Item(id=2, name="second"))
+            session.commit()
+        fresh = await client.get("/items")
+    assert fresh.json() == ["first", "second"] and calls == 2
+    engine.dispose()

@@ -42,6 +42,7 @@ from typing import Any
 from ..exceptions import CacheKeyError
 from ..keys import normalize_tags
 from ..policy.cache import YokedCache
+from ..policy.reads import ReadFrame, reads_of
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -144,9 +145,10 @@ class HTTPCacheMiddleware:
         if tokens is None:
             await self.app(scope, request_body.replay(), _marking(send, MISS))
             return
-        response = _HeldResponse(self, scope, send, key, tokens)
-        await self.app(scope, request_body.replay(), response)
-        await response.app_returned()
+        with reads_of(self.cache, key) as reads:  # tables the app's SQL reads become tags of the entry
+            response = _HeldResponse(self, scope, send, key, tokens, reads)
+            await self.app(scope, request_body.replay(), response)
+            await response.app_returned()
 
     def _excluded(self, path: str) -> bool:
         for prefix in self.exclude_paths:
@@ -198,9 +200,10 @@ class HTTPCacheMiddleware:
             logger.warning("HTTP cache could not read tag tokens, response will not be stored: %s", exc)
             return None
 
-    async def store(self, key: str, entry: dict[str, Any], tokens: list[str]) -> None:
+    async def store(self, key: str, entry: dict[str, Any], tokens: list[str], reads: ReadFrame) -> None:
+        tags, all_tokens = reads.merge_into(self.tags, tokens)
         try:
-            await self.cache.store_computed(key, entry, tokens, self.tags, ttl=self.ttl)
+            await self.cache.store_computed(key, entry, all_tokens, tags, ttl=self.ttl)
         except Exception as exc:
             logger.warning("HTTP cache could not store %s: %s", key, exc)
 
@@ -265,13 +268,20 @@ class _HeldResponse:
     """
 
     def __init__(
-        self, middleware: HTTPCacheMiddleware, scope: Scope, send: Send, key: str, tokens: list[str]
+        self,
+        middleware: HTTPCacheMiddleware,
+        scope: Scope,
+        send: Send,
+        key: str,
+        tokens: list[str],
+        reads: ReadFrame,
     ) -> None:
         self.middleware = middleware
         self.scope = scope
         self.send = send
         self.key = key
         self.tokens = tokens
+        self.reads = reads
         self.forwarding = False
         self.done = False
         self.start: Message | None = None
@@ -339,7 +349,7 @@ class _HeldResponse:
             "created": time.time(),
         }
         # Stored before the response is sent: a client that got this response finds it cached.
-        await self.middleware.store(self.key, entry, self.tokens)
+        await self.middleware.store(self.key, entry, self.tokens, self.reads)
         await self.middleware.send_entry(self.scope, self.send, entry, MISS, None)
 
     async def app_returned(self) -> None:
