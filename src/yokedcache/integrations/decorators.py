@@ -37,6 +37,7 @@ from ..keys import normalize_tags
 from ..models import SerializationMethod
 from ..policy.cache import MISSING, StorePlan, YokedCache, get_default_cache
 from .arguments import KeyBuilder
+from .sqlalchemy import inputs_predate
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("yokedcache")
@@ -281,6 +282,7 @@ def _make_async(opts: _Options) -> Callable[..., Any]:
             single_flight=shared and opts.single_flight,
             plan=opts.plan(cache),
             lock=opts.lock_timeout if shared and opts.lock else None,
+            vouched=not inputs_predate((*args, *kwargs.values()), time.monotonic_ns()),
         )
 
     def refresh_in_background(cache: YokedCache, key: str, args: Any, kwargs: Any) -> None:
@@ -354,6 +356,7 @@ def _make_sync(opts: _Options) -> Callable[..., Any]:
             single_flight=shared and opts.single_flight,
             plan=opts.plan(cache),
             lock=opts.lock_timeout if shared and opts.lock else None,
+            vouched=not inputs_predate((*args, *kwargs.values()), time.monotonic_ns()),
         )
 
     def refresh_in_background(cache: YokedCache, key: str, args: Any, kwargs: Any) -> None:

@@ -1011,15 +1011,18 @@ class YokedCache:
         single_flight: bool = True,
         plan: Callable[[Any, float], StorePlan | None] | None = None,
         lock: float | None = None,
+        vouched: bool = True,
     ) -> Any:
         """Compute a missing value for ``key`` with ``produce`` and store it (see the note above).
 
         ``plan(value, seconds)`` says how to store a result (``StorePlan``) or ``None`` to not store it.
+        ``vouched=False``: the inputs may predate the tokens (e.g. objects already loaded in a session), so
+        the value is returned to this caller only: neither stored nor shared with concurrent callers.
         """
         called_at = time.monotonic()
 
         async def compute(started_at: float) -> tuple[Any, float, bool]:
-            tokens = await self.capture_tokens(tags, key)
+            tokens = await self.capture_tokens(tags, key) if vouched else None
             clock = time.perf_counter()
             with reads_of(self, key) as reads:  # the tables its SQL reads become tags of the value
                 value = await produce()
@@ -1059,7 +1062,7 @@ class YokedCache:
                     return found.value, started_at, True  # type: ignore[union-attr]
                 pause = min(LOCK_BACKOFF_MAX, pause * 2 or 0.002)
 
-        if not single_flight:
+        if not single_flight or not vouched:
             return (await run())[0]
         full = self.full_key(key)
         while True:
@@ -1078,12 +1081,13 @@ class YokedCache:
         single_flight: bool = True,
         plan: Callable[[Any, float], StorePlan | None] | None = None,
         lock: float | None = None,
+        vouched: bool = True,
     ) -> Any:
         """Sync twin of ``fill``: concurrent threads missing one key share one ``produce`` call."""
         called_at = time.monotonic()
 
         def compute(started_at: float) -> tuple[Any, float, bool]:
-            tokens = self.capture_tokens_sync(tags, key)
+            tokens = self.capture_tokens_sync(tags, key) if vouched else None
             clock = time.perf_counter()
             with reads_of(self, key) as reads:
                 value = produce()
@@ -1123,7 +1127,7 @@ class YokedCache:
                     return found.value, started_at, True  # type: ignore[union-attr]
                 pause = min(LOCK_BACKOFF_MAX, pause * 2 or 0.002)
 
-        if not single_flight:
+        if not single_flight or not vouched:
             return run()[0]
         full = self.full_key(key)
         while True:

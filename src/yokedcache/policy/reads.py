@@ -19,6 +19,7 @@ layer can open frames unconditionally.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,13 +29,16 @@ from typing import Any
 class ReadFrame:
     """The tags (and their tokens, as captured before each read) a computation's value depends on."""
 
-    __slots__ = ("cache", "key", "safe", "tokens")
+    __slots__ = ("cache", "key", "opened_ns", "safe", "tokens")
 
     def __init__(self, cache: Any, key: str) -> None:
         self.cache = cache  # the YokedCache the value will be stored in: tokens come from its backend
         self.key = key  # the value's key: routes token captures to the backend that will store it
         self.tokens: dict[str, str] = {}
         self.safe = True
+        # Data loaded before this moment (objects already in a session) may predate tokens captured now:
+        # a value computed from it cannot be vouched for, so integrations mark the frame unsafe.
+        self.opened_ns = time.monotonic_ns()
 
     def missing(self, tags: Iterable[str]) -> list[str]:
         """The tags not yet in the frame (the only ones whose tokens need capturing)."""

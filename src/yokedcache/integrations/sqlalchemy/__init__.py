@@ -47,6 +47,16 @@ def ensure_read_tracking() -> None:
     _tracking_reads = True
 
 
+def inputs_predate(arguments: Any, moment_ns: int) -> bool:
+    """Whether call arguments carry database state loaded before ``moment_ns`` (ORM instances, sessions
+    holding loaded objects); always False while SQLAlchemy is not in use."""
+    if "sqlalchemy" not in sys.modules:
+        return False
+    from .reads import inputs_predate as check
+
+    return check(arguments, moment_ns)
+
+
 def __getattr__(name: str) -> Any:
     """Lazy, so importing the package does not import SQLAlchemy before it is needed."""
     module = _EXPORTS.get(name)

@@ -54,6 +54,9 @@ _OPTION_NAMES = frozenset({"ttl", "tags"})
 
 def on_do_orm_execute(orm_state: ORMExecuteState) -> Result[Any] | None:
     """The ``Session.do_orm_execute`` listener (one for every session; inert without caching state)."""
+    frame = current_frame()
+    if frame is not None and frame.safe and orm_state.is_select:
+        vouch_for_older_state(frame, orm_state.session, _mappers_answered_by(orm_state))
     info = orm_state.session.info
     caching = info.get(CACHING_KEY)
     if caching is None:
@@ -71,6 +74,95 @@ def on_do_orm_execute(orm_state: ORMExecuteState) -> Result[Any] | None:
         _shape_failures.log(logging.WARNING, f"query not cached ({type(exc).__name__}: {exc})")
         return None
     return None if read is None else read.serve()
+
+
+# --- state loaded before a computation ---------------------------------------------------------------------
+#
+# A query returns the objects already in the session's identity map as they are, with the attributes they
+# were loaded with. A cached computation whose tokens were captured after such an object was loaded could
+# store data older than a commit it claims to have seen. So objects are stamped when loaded or refreshed:
+# with the time, and — when loaded inside a tracked computation — with the tokens of their tables captured
+# before the SQL that loaded them. A later computation that meets the object adopts those older tokens (so
+# a commit since the load makes its store fail); an object without them makes it unable to vouch for its
+# value (returned, not stored).
+
+LOADED_AT = "yokedcache.loaded_ns"
+LOADED_TOKENS = "yokedcache.loaded_tokens"
+
+
+def _table_tags(mapper: Any) -> list[str]:
+    return [f"table:{table.fullname}" for table in mapper.tables]
+
+
+def stamp_loaded(target: Any, *args: Any) -> None:
+    """``load`` / ``refresh`` instance events: remember when (and under which tokens) this object's state
+    came from the database."""
+    state = getattr(target, "_sa_instance_state", None)
+    if state is None:
+        return
+    state.info[LOADED_AT] = time.monotonic_ns()
+    frame = current_frame()
+    tags = _table_tags(state.mapper)
+    if frame is not None and frame.safe and all(tag in frame.tokens for tag in tags):
+        state.info[LOADED_TOKENS] = (frame.cache, {tag: frame.tokens[tag] for tag in tags})
+    else:
+        state.info.pop(LOADED_TOKENS, None)
+
+
+def _loaded_before(state: Any, moment_ns: int) -> bool:
+    return bool(state.info.get(LOADED_AT, 0) < moment_ns)
+
+
+def _older_states(session: Any, moment_ns: int, mappers: frozenset[Any] | None) -> list[Any]:
+    identity_map = getattr(session, "identity_map", None)
+    if not identity_map:
+        return []
+    return [
+        state
+        for state in identity_map.all_states()
+        if _loaded_before(state, moment_ns) and (mappers is None or state.mapper in mappers)
+    ]
+
+
+def vouch_for_older_state(frame: ReadFrame, session: Any, mappers: frozenset[Any] | None) -> None:
+    """Make ``frame`` answer for objects of ``session`` loaded before it opened: adopt their load-time
+    tokens, or mark the frame unsafe when an object has none (loaded outside any tracked computation)."""
+    for state in _older_states(session, frame.opened_ns, mappers):
+        stamped = state.info.get(LOADED_TOKENS)
+        if stamped is None or stamped[0] is not frame.cache:
+            frame.safe = False
+            return
+        frame.tokens.update(stamped[1])  # the older token wins: a commit since the load fails the store
+
+
+def holds_older_state(session: Any, moment_ns: int, mappers: frozenset[Any] | None = None) -> bool:
+    """Does ``session`` hold persistent objects (of ``mappers``, if given) loaded before ``moment_ns``?"""
+    return bool(_older_states(session, moment_ns, mappers))
+
+
+def _mappers_answered_by(orm_state: ORMExecuteState) -> frozenset[Any]:
+    """Mappers whose objects a SELECT can hand back: its entities, plus their related mappers when loader
+    options (``joinedload``, ``selectinload``...) may fill relationships from the identity map too."""
+    mappers = set(orm_state.all_mappers)
+    if getattr(orm_state.statement, "_with_options", ()):
+        for mapper in list(mappers):
+            mappers.update(rel.mapper for rel in mapper.relationships)
+    return frozenset(mappers)
+
+
+
+
+def inputs_predate(arguments: Any, moment_ns: int) -> bool:
+    """Do call arguments carry database state from before ``moment_ns``: ORM instances, or sessions
+    already holding loaded objects (``session.get`` answers those from memory, sending no SQL)?"""
+    for value in arguments:
+        state = getattr(value, "_sa_instance_state", None)
+        if state is not None and state.key is not None:
+            return True
+        session = getattr(value, "sync_session", value)
+        if isinstance(session, Session) and holds_older_state(session, moment_ns):
+            return True
+    return False
 
 
 # --- deciding ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Mapper, Session
 
 from ...keys import normalize_tags
 from ...policy.cache import YokedCache, get_default_cache
@@ -153,4 +153,6 @@ def install() -> None:
         event.listen(Session, "after_commit", _after_commit)
         event.listen(Session, "after_transaction_end", _after_transaction_end)
         event.listen(Engine, "before_cursor_execute", reads.track_cursor_read)
+        event.listen(Mapper, "load", reads.stamp_loaded)
+        event.listen(Mapper, "refresh", reads.stamp_loaded)
         _installed = True
