@@ -42,6 +42,7 @@ class Backend(ABC):
     """Storage for one namespace (``key_prefix``). Subclasses implement the sync and async methods."""
 
     kind: str = "custom"
+    in_process = False  # True when the sync face does no I/O (the async face may then be skipped)
 
     def __init__(self, key_prefix: str | None = None) -> None:
         self.key_prefix_override = key_prefix
@@ -215,6 +216,8 @@ class Backend(ABC):
 
 class InProcessBackend(Backend):
     """A backend with no I/O: its async face runs the sync methods directly (no thread hop, no loop)."""
+
+    in_process = True
 
     async def aget(self, key: str) -> bytes | None:
         return self.get(key)

@@ -741,7 +741,10 @@ class YokedCache:
         # Written out rather than run as an operation generator: this is the hit path.
         backend, full = self._full(key)
         try:
-            body = await self._acall((backend, "get", (full,)))
+            if backend.in_process and self._plain and not self.metrics:
+                body = backend.get(full)  # no I/O: skip the coroutine of its async face
+            else:
+                body = await self._acall((backend, "get", (full,)))
         except CacheConnectionError as exc:
             return self._backend_failed(exc, default)
         value = self._read(full, body, True)
