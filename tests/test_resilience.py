@@ -161,3 +161,34 @@ async def test_queue_overflow_flushes_the_namespace_on_recovery(own_redis: Any) 
     assert await writer.get("b", "miss") == "miss"  # untouched tag, but the overflow flushed everything
     assert await writer.set("c", 3) is True
     assert await writer.get("c") == 3
+
+
+def _transport_error(cause: BaseException) -> CacheConnectionError:
+    error = CacheConnectionError(str(cause))
+    error.__cause__ = cause
+    return error
+
+
+def test_only_transient_errors_are_retried_within_the_operation_timeout() -> None:
+    cache = YokedCache(key_prefix="retry", connection_retries=3, retry_delay=0.01, operation_timeout=0.5)
+    start = time.monotonic()
+    reset = _transport_error(ConnectionResetError("Connection reset by peer"))
+    pauses = [cache._retry_pause(reset, attempt, start) for attempt in (1, 2, 3)]
+    assert all(p is not None for p in pauses)
+    assert pauses[0] < pauses[1] < pauses[2]  # exponential backoff (±25 % jitter cannot reorder 1x/2x/4x)
+    assert cache._retry_pause(reset, 4, start) is None  # connection_retries exhausted
+    refused = _transport_error(ConnectionRefusedError("Connection refused"))
+    assert cache._retry_pause(refused, 1, start) is None  # the backend is down: retrying only adds delay
+    timeout = _transport_error(TimeoutError("timed out"))
+    assert cache._retry_pause(timeout, 1, start) is None  # the operation timeout is already spent
+    slow = YokedCache(key_prefix="retry", connection_retries=3, retry_delay=0.4, operation_timeout=0.5)
+    assert slow._retry_pause(reset, 2, time.monotonic()) is None  # 0.8 s backoff > the 0.5 s budget
+
+
+async def test_a_pooled_connection_broken_by_a_restart_is_retried_transparently(own_redis: Any) -> None:
+    cache = make_cache(own_redis, connection_retries=3)
+    assert await cache.set("k", 1) is True  # leaves an open connection in the pool
+    own_redis.restart()  # that connection is now dead
+    assert await cache.set("k", 2) is True
+    assert await cache.get("k") == 2
+    assert (await cache.get_stats()).errors == 0

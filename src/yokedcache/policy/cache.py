@@ -228,13 +228,14 @@ class YokedCache:
         """Metrics, breaker, queued-invalidation replay and retries around one backend call."""
         backend, name, args = call
         method = getattr(backend, name)
-        attempt = 0
+        attempt, first_try = 0, time.monotonic()
         while True:
             if error is not None:
                 attempt += 1
-                if not self._should_retry(error, attempt):
+                pause = self._retry_pause(error, attempt, first_try)
+                if pause is None:
                     raise error
-                time.sleep(backoff(attempt, self.config.retry_delay))
+                time.sleep(pause)
             self._check_breaker()
             started = time.perf_counter()
             try:
@@ -253,13 +254,14 @@ class YokedCache:
     async def _acall_resilient(self, call: Call, error: CacheConnectionError | None) -> Any:
         backend, name, args = call
         method = getattr(backend, "a" + name)
-        attempt = 0
+        attempt, first_try = 0, time.monotonic()
         while True:
             if error is not None:
                 attempt += 1
-                if not self._should_retry(error, attempt):
+                pause = self._retry_pause(error, attempt, first_try)
+                if pause is None:
                     raise error
-                await asyncio.sleep(backoff(attempt, self.config.retry_delay))
+                await asyncio.sleep(pause)
             self._check_breaker()
             started = time.perf_counter()
             try:
@@ -320,13 +322,17 @@ class YokedCache:
         if not self._breaker.allow():
             raise CacheConnectionError("circuit breaker is open: skipping the backend")
 
-    def _should_retry(self, exc: CacheConnectionError, attempt: int) -> bool:
+    def _retry_pause(self, exc: CacheConnectionError, attempt: int, first_try: float) -> float | None:
+        """Seconds to wait before retrying, or ``None`` to give up: only transient errors are retried, with
+        exponential backoff and jitter, and never past the operation timeout counted from the first try."""
         self._breaker.record_failure()
-        return (
-            attempt <= self.config.connection_retries
-            and self._breaker.state != "open"
-            and is_transient(exc.__cause__ or exc)
-        )
+        if attempt > self.config.connection_retries or self._breaker.state == "open":
+            return None
+        if not is_transient(exc.__cause__ or exc):
+            return None
+        pause = backoff(attempt, self.config.retry_delay)
+        budget = self.config.operation_timeout - (time.monotonic() - first_try)
+        return pause if pause < budget else None
 
     def _backend_failed(self, exc: CacheConnectionError, failure: T) -> T:
         self._stats.errors += 1
