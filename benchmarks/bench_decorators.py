@@ -21,9 +21,9 @@ import orjson
 import redis.asyncio as aredis
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import compare_async, print_scenarios, ratio, save  # noqa: E402
+from harness import compare_async, print_scenarios, ratio, save
 
-from yokedcache import YokedCache, cached  # noqa: E402
+from yokedcache import YokedCache, cached
 
 REDIS = os.environ.get("YOKEDCACHE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 QUICK = "--quick" in sys.argv
