@@ -271,3 +271,83 @@ class InProcessBackend(Backend):
 
     async def aclose(self) -> None:
         self.close()
+
+
+class ThreadedBackend(Backend):
+    """A backend whose I/O is blocking local calls (a database file, a directory): its async face runs the
+    sync methods in a worker thread, so the event loop never waits on the disk.
+
+    Its compute lock is polled: subclasses say whether a lock is held (``_lock_held``).
+    """
+
+    wait_slice = 1.0  # seconds: the longest single wait for a compute lock (the caller loops)
+    poll_interval = 0.01
+
+    def _lock_held(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def wait_for_release(self, key: str, timeout: float) -> None:
+        deadline = time.monotonic() + min(timeout, self.wait_slice)
+        while self._lock_held(key) and time.monotonic() < deadline:
+            time.sleep(self.poll_interval)
+
+    async def aacquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
+        return await asyncio.to_thread(self.acquire_lock, key, owner, ttl_ms)
+
+    async def arelease_lock(self, key: str, owner: str) -> None:
+        await asyncio.to_thread(self.release_lock, key, owner)
+
+    async def await_for_release(self, key: str, timeout: float) -> None:
+        deadline = time.monotonic() + min(timeout, self.wait_slice)
+        while await asyncio.to_thread(self._lock_held, key) and time.monotonic() < deadline:
+            await asyncio.sleep(self.poll_interval)
+
+    async def aget(self, key: str) -> bytes | None:
+        return await asyncio.to_thread(self.get, key)
+
+    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return await asyncio.to_thread(self.get_many, keys)
+
+    async def ainspect(self, key: str) -> Inspected | None:
+        return await asyncio.to_thread(self.inspect, key)
+
+    async def acapture_tokens(self, tags: Sequence[str]) -> list[str]:
+        return await asyncio.to_thread(self.capture_tokens, tags)
+
+    async def aset(
+        self, items: Sequence[tuple[str, bytes, int]], tags: Sequence[str], tokens: Sequence[str] | None
+    ) -> bool:
+        return await asyncio.to_thread(self.set, items, tags, tokens)
+
+    async def adelete(self, keys: Sequence[str]) -> int:
+        return await asyncio.to_thread(self.delete, keys)
+
+    async def attl(self, key: str) -> int | None:
+        return await asyncio.to_thread(self.ttl, key)
+
+    async def aexpire(self, key: str, ttl_ms: int) -> bool:
+        return await asyncio.to_thread(self.expire, key, ttl_ms)
+
+    async def ainvalidate(self, tags: Sequence[str]) -> int:
+        return await asyncio.to_thread(self.invalidate, tags)
+
+    async def ascan(self, pattern: str, limit: int | None) -> list[str]:
+        return await asyncio.to_thread(self.scan, pattern, limit)
+
+    async def aflush(self) -> int:
+        return await asyncio.to_thread(self.flush)
+
+    async def aping(self) -> None:
+        await asyncio.to_thread(self.ping)
+
+    async def ausage(self) -> tuple[int, int]:
+        return await asyncio.to_thread(self.usage)
+
+    async def aadd_counters(self, counters: dict[str, int]) -> None:
+        await asyncio.to_thread(self.add_counters, counters)
+
+    async def aread_counters(self) -> dict[str, int]:
+        return await asyncio.to_thread(self.read_counters)
+
+    async def aclose(self) -> None:
+        self.close()

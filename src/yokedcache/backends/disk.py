@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -32,7 +31,7 @@ from typing import Any, NamedTuple
 
 from ..exceptions import CacheConnectionError
 from ..keys import glob_to_regex
-from .base import Backend, Inspected, new_token
+from .base import Inspected, ThreadedBackend, new_token
 
 try:  # the `disk` extra
     import diskcache as _diskcache
@@ -45,8 +44,6 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 _MAGIC = b"YCd1"
 _LEN = struct.Struct(">I")
 _FLUSH_BATCH = 500
-_WAIT_SLICE = 1.0  # s: longest single wait for a compute lock (the caller loops)
-_POLL_INTERVAL = 0.01
 
 if _diskcache is not None:
 
@@ -106,7 +103,7 @@ def _unframe(raw: Any) -> _Frame | None:
     return _Frame(tuple(recorded), raw[start + length :])
 
 
-class DiskCacheBackend(Backend):
+class DiskCacheBackend(ThreadedBackend):
     kind = "disk"
 
     def __init__(
@@ -368,73 +365,6 @@ class DiskCacheBackend(Backend):
     def _lock_held(self, key: str) -> bool:
         with self._errors():
             return self.cache.get(self._lock_key(key)) is not None
-
-    def wait_for_release(self, key: str, timeout: float) -> None:
-        deadline = time.monotonic() + min(timeout, _WAIT_SLICE)
-        while self._lock_held(key) and time.monotonic() < deadline:
-            time.sleep(_POLL_INTERVAL)
-
-    async def aacquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
-        return await asyncio.to_thread(self.acquire_lock, key, owner, ttl_ms)
-
-    async def arelease_lock(self, key: str, owner: str) -> None:
-        await asyncio.to_thread(self.release_lock, key, owner)
-
-    async def await_for_release(self, key: str, timeout: float) -> None:
-        deadline = time.monotonic() + min(timeout, _WAIT_SLICE)
-        while await asyncio.to_thread(self._lock_held, key) and time.monotonic() < deadline:
-            await asyncio.sleep(_POLL_INTERVAL)
-
-    # --- async face: the same code in a worker thread --------------------------------------------------
-    async def aget(self, key: str) -> bytes | None:
-        return await asyncio.to_thread(self.get, key)
-
-    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        return await asyncio.to_thread(self.get_many, keys)
-
-    async def ainspect(self, key: str) -> Inspected | None:
-        return await asyncio.to_thread(self.inspect, key)
-
-    async def acapture_tokens(self, tags: Sequence[str]) -> list[str]:
-        return await asyncio.to_thread(self.capture_tokens, tags)
-
-    async def aset(
-        self, items: Sequence[tuple[str, bytes, int]], tags: Sequence[str], tokens: Sequence[str] | None
-    ) -> bool:
-        return await asyncio.to_thread(self.set, items, tags, tokens)
-
-    async def adelete(self, keys: Sequence[str]) -> int:
-        return await asyncio.to_thread(self.delete, keys)
-
-    async def attl(self, key: str) -> int | None:
-        return await asyncio.to_thread(self.ttl, key)
-
-    async def aexpire(self, key: str, ttl_ms: int) -> bool:
-        return await asyncio.to_thread(self.expire, key, ttl_ms)
-
-    async def ainvalidate(self, tags: Sequence[str]) -> int:
-        return await asyncio.to_thread(self.invalidate, tags)
-
-    async def ascan(self, pattern: str, limit: int | None) -> list[str]:
-        return await asyncio.to_thread(self.scan, pattern, limit)
-
-    async def aflush(self) -> int:
-        return await asyncio.to_thread(self.flush)
-
-    async def aping(self) -> None:
-        await asyncio.to_thread(self.ping)
-
-    async def ausage(self) -> tuple[int, int]:
-        return await asyncio.to_thread(self.usage)
-
-    async def aadd_counters(self, counters: dict[str, int]) -> None:
-        await asyncio.to_thread(self.add_counters, counters)
-
-    async def aread_counters(self) -> dict[str, int]:
-        return await asyncio.to_thread(self.read_counters)
-
-    async def aclose(self) -> None:
-        self.close()
 
 
 def _as_int(raw: Any) -> int:

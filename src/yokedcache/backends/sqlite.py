@@ -26,7 +26,6 @@ Tables (one file may hold several namespaces; every key, tag and counter name st
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -38,7 +37,7 @@ from typing import Any, NamedTuple
 
 from ..exceptions import CacheConnectionError
 from ..keys import glob_to_regex
-from .base import Backend, Inspected, new_token
+from .base import Inspected, ThreadedBackend, new_token
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries(key TEXT PRIMARY KEY, body BLOB NOT NULL, tags TEXT NOT NULL,
@@ -51,8 +50,6 @@ CREATE TABLE IF NOT EXISTS locks(key TEXT PRIMARY KEY, owner TEXT NOT NULL, expi
 """
 _CHUNK = 500  # stays under SQLite's host-parameter limit
 _POOL_IDLE_MAX = 8
-_WAIT_SLICE = 1.0  # s: longest single wait for a compute lock (the caller loops)
-_POLL_INTERVAL = 0.01
 
 
 class _Row(NamedTuple):
@@ -212,7 +209,7 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
         yield items[start : start + _CHUNK]
 
 
-class SQLiteBackend(Backend):
+class SQLiteBackend(ThreadedBackend):
     kind = "sqlite"
 
     def __init__(
@@ -590,70 +587,3 @@ class SQLiteBackend(Backend):
         with self._connection() as conn:
             row = conn.execute("SELECT 1 FROM locks WHERE key = ? AND expires_at > ?", (key, time.time()))
             return row.fetchone() is not None
-
-    def wait_for_release(self, key: str, timeout: float) -> None:
-        deadline = time.monotonic() + min(timeout, _WAIT_SLICE)
-        while self._lock_held(key) and time.monotonic() < deadline:
-            time.sleep(_POLL_INTERVAL)
-
-    async def aacquire_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
-        return await asyncio.to_thread(self.acquire_lock, key, owner, ttl_ms)
-
-    async def arelease_lock(self, key: str, owner: str) -> None:
-        await asyncio.to_thread(self.release_lock, key, owner)
-
-    async def await_for_release(self, key: str, timeout: float) -> None:
-        deadline = time.monotonic() + min(timeout, _WAIT_SLICE)
-        while await asyncio.to_thread(self._lock_held, key) and time.monotonic() < deadline:
-            await asyncio.sleep(_POLL_INTERVAL)
-
-    # --- async face: the same code in a worker thread --------------------------------------------------
-    async def aget(self, key: str) -> bytes | None:
-        return await asyncio.to_thread(self.get, key)
-
-    async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        return await asyncio.to_thread(self.get_many, keys)
-
-    async def ainspect(self, key: str) -> Inspected | None:
-        return await asyncio.to_thread(self.inspect, key)
-
-    async def acapture_tokens(self, tags: Sequence[str]) -> list[str]:
-        return await asyncio.to_thread(self.capture_tokens, tags)
-
-    async def aset(
-        self, items: Sequence[tuple[str, bytes, int]], tags: Sequence[str], tokens: Sequence[str] | None
-    ) -> bool:
-        return await asyncio.to_thread(self.set, items, tags, tokens)
-
-    async def adelete(self, keys: Sequence[str]) -> int:
-        return await asyncio.to_thread(self.delete, keys)
-
-    async def attl(self, key: str) -> int | None:
-        return await asyncio.to_thread(self.ttl, key)
-
-    async def aexpire(self, key: str, ttl_ms: int) -> bool:
-        return await asyncio.to_thread(self.expire, key, ttl_ms)
-
-    async def ainvalidate(self, tags: Sequence[str]) -> int:
-        return await asyncio.to_thread(self.invalidate, tags)
-
-    async def ascan(self, pattern: str, limit: int | None) -> list[str]:
-        return await asyncio.to_thread(self.scan, pattern, limit)
-
-    async def aflush(self) -> int:
-        return await asyncio.to_thread(self.flush)
-
-    async def aping(self) -> None:
-        await asyncio.to_thread(self.ping)
-
-    async def ausage(self) -> tuple[int, int]:
-        return await asyncio.to_thread(self.usage)
-
-    async def aadd_counters(self, counters: dict[str, int]) -> None:
-        await asyncio.to_thread(self.add_counters, counters)
-
-    async def aread_counters(self) -> dict[str, int]:
-        return await asyncio.to_thread(self.read_counters)
-
-    async def aclose(self) -> None:
-        self.close()
