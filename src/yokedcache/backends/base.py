@@ -29,6 +29,30 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
+def encode_recorded(recorded: Sequence[tuple[str, str]]) -> bytes:
+    """The (tag, token) pairs an entry recorded, as stored next to it: ``tag\\x1ftoken\\x1e...``.
+
+    Tags never contain control characters (``keys.normalize_tags``), so the separators are unambiguous.
+    """
+    return "\x1e".join(f"{tag}\x1f{token}" for tag, token in recorded).encode("utf-8")
+
+
+def decode_recorded(header: bytes) -> tuple[tuple[str, str], ...] | None:
+    """Inverse of ``encode_recorded``; ``None`` for bytes that are not such a header (garbage)."""
+    try:
+        text = header.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    recorded: list[tuple[str, str]] = []
+    if text:
+        for pair in text.split("\x1e"):
+            tag, separator, token = pair.partition("\x1f")
+            if not separator or not tag:
+                return None
+            recorded.append((tag, token))
+    return tuple(recorded)
+
+
 @dataclass(frozen=True)
 class Inspected:
     """A live entry's stored parts, for ``get_meta`` and listings."""

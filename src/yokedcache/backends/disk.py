@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 from ..exceptions import CacheConnectionError
 from ..keys import glob_to_regex
-from .base import Inspected, ThreadedBackend, new_token
+from .base import Inspected, ThreadedBackend, decode_recorded, encode_recorded, new_token
 
 try:  # the `disk` extra
     import diskcache as _diskcache
@@ -78,7 +78,7 @@ class _Frame(NamedTuple):
 
 
 def _frame(body: bytes, recorded: Sequence[tuple[str, str]]) -> bytes:
-    header = "\x1e".join(f"{tag}\x1f{token}" for tag, token in recorded).encode("utf-8")
+    header = encode_recorded(recorded)
     return _MAGIC + _LEN.pack(len(header)) + header + body
 
 
@@ -89,18 +89,8 @@ def _unframe(raw: Any) -> _Frame | None:
     start = 4 + _LEN.size
     if start + length > len(raw):
         return None
-    try:
-        header = raw[start : start + length].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    recorded: list[tuple[str, str]] = []
-    if header:
-        for pair in header.split("\x1e"):
-            tag, sep, token = pair.partition("\x1f")
-            if not sep or not tag:
-                return None
-            recorded.append((tag, token))
-    return _Frame(tuple(recorded), raw[start + length :])
+    recorded = decode_recorded(raw[start : start + length])
+    return None if recorded is None else _Frame(recorded, raw[start + length :])
 
 
 class DiskCacheBackend(ThreadedBackend):

@@ -56,7 +56,7 @@ from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from ..exceptions import CacheConnectionError, CacheError
-from .base import Backend, Inspected, new_token
+from .base import Backend, Inspected, decode_recorded, encode_recorded, new_token
 
 try:  # the `memcached` extra
     from pymemcache.client.base import PooledClient as _PooledClient
@@ -93,7 +93,7 @@ class _Frame(NamedTuple):
 
 
 def _frame(body: bytes, recorded: Sequence[tuple[str, str]], expires_at: int) -> bytes:
-    header = "\x1e".join(f"{tag}\x1f{token}" for tag, token in recorded).encode("utf-8")
+    header = encode_recorded(recorded)
     return _MAGIC + _HEAD.pack(expires_at, len(header)) + header + body
 
 
@@ -105,18 +105,8 @@ def _unframe(raw: bytes | None) -> _Frame | None:
     start = 4 + _HEAD.size
     if start + length > len(raw):
         return None
-    try:
-        header = raw[start : start + length].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    recorded: list[tuple[str, str]] = []
-    if header:
-        for pair in header.split("\x1e"):
-            tag, sep, token = pair.partition("\x1f")
-            if not sep or not tag:
-                return None
-            recorded.append((tag, token))
-    return _Frame(expires_at, tuple(recorded), bytes(raw[start + length :]))
+    recorded = decode_recorded(raw[start : start + length])
+    return None if recorded is None else _Frame(expires_at, recorded, bytes(raw[start + length :]))
 
 
 def _now_ms() -> int:
