@@ -63,8 +63,8 @@ class SingleFlight:
             return result, False
         finally:
             del self._async[slot]
-            if future.done() and not future.cancelled() and future.exception() is not None:
-                pass  # retrieving the exception marks it seen, so an unjoined failure logs nothing
+            if future.done() and not future.cancelled():
+                future.exception()  # marks it retrieved: a failure nobody joined must not be logged as lost
 
     def run(self, key: str, compute: Callable[[], T]) -> tuple[T, bool]:
         with self._lock:
