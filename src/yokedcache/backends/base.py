@@ -126,9 +126,12 @@ class Backend(ABC):
     def delete(self, keys: Sequence[str]) -> int:
         """Remove entries; return how many were live."""
 
-    @abstractmethod
     def ttl(self, key: str) -> int | None:
         """Remaining milliseconds of a live entry, ``None`` if not live (``-1`` if it never expires)."""
+        found = self.inspect(key)
+        if found is None:
+            return None
+        return -1 if found.ttl_ms is None else found.ttl_ms
 
     @abstractmethod
     def expire(self, key: str, ttl_ms: int) -> bool: ...

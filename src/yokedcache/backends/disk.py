@@ -253,12 +253,6 @@ class DiskCacheBackend(ThreadedBackend):
                 self.cache.delete(key)
         return removed
 
-    def ttl(self, key: str) -> int | None:
-        found = self.inspect(key)
-        if found is None:
-            return None
-        return -1 if found.ttl_ms is None else found.ttl_ms
-
     def expire(self, key: str, ttl_ms: int) -> bool:
         with self._errors(), self.cache.transact():
             if self._live_frame(key) is None:

@@ -167,12 +167,6 @@ class MemoryBackend(InProcessBackend):
                     removed += 1
             return removed
 
-    def ttl(self, key: str) -> int | None:
-        found = self.inspect(key)
-        if found is None:
-            return None
-        return -1 if found.ttl_ms is None else found.ttl_ms
-
     def expire(self, key: str, ttl_ms: int) -> bool:
         with self._lock:
             now = time.monotonic()

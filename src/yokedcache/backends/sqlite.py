@@ -443,12 +443,6 @@ class SQLiteBackend(ThreadedBackend):
                 conn.execute(f"DELETE FROM entries WHERE key IN ({','.join('?' * len(chunk))})", chunk)
         return len(live)
 
-    def ttl(self, key: str) -> int | None:
-        found = self.inspect(key)
-        if found is None:
-            return None
-        return -1 if found.ttl_ms is None else found.ttl_ms
-
     def expire(self, key: str, ttl_ms: int) -> bool:
         with self._write() as conn:
             now = time.time()
