@@ -111,3 +111,16 @@ def own_redis() -> Iterator[object]:
     server = RedisServer().start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(params=["async", "sync"])
+def face(request: pytest.FixtureRequest) -> str:
+    """Which face of the API a test drives: the async methods or their ``*_sync`` twins."""
+    return str(request.param)
+
+
+@pytest.fixture
+def api(cache: object, face: str) -> object:
+    from tests.api_faces import Api
+
+    return Api(cache, face)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ import diskcache
 import pytest
 
 from tests import test_cache_api as _suite
-from tests.test_cache_api import Api
+from tests.api_faces import Api
 from yokedcache import CacheConnectionError, YokedCache
 from yokedcache.backends.disk import DiskCacheBackend
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests import test_cache_api as _suite
-from tests.test_cache_api import Api
+from tests.api_faces import Api
 from yokedcache import CacheConnectionError, CacheError, CacheStats, YokedCache
 from yokedcache.backends.memcached import MemcachedBackend
 from yokedcache.backends.memory import MemoryBackend

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests import test_cache_api as _suite
-from tests.test_cache_api import Api
+from tests.api_faces import Api
 from yokedcache import CacheConnectionError, YokedCache
 from yokedcache.backends.sqlite import SQLiteBackend, glob_to_sqlite
 from yokedcache.keys import glob_to_regex

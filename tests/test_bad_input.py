@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.api_faces import Api
 from yokedcache import (
     CacheConfig,
     CacheError,
@@ -54,25 +55,6 @@ def forged_envelope(full_key: str) -> bytes:
                 compression_threshold=None, signing_key=None, max_value_bytes=None, created_at=time.time())
 
 
-class Api:
-    def __init__(self, cache: YokedCache, face: str) -> None:
-        self.cache = cache
-        self.face = face
-
-    async def __call__(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        if self.face == "async":
-            return await getattr(self.cache, name)(*args, **kwargs)
-        return getattr(self.cache, f"{name}_sync")(*args, **kwargs)
-
-
-@pytest.fixture(params=["async", "sync"])
-def face(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def api(cache: YokedCache, face: str) -> Api:
-    return Api(cache, face)
 
 
 class RawStore:

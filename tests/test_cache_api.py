@@ -14,31 +14,9 @@ from typing import Any
 
 import pytest
 
+from tests.api_faces import Api
 from yokedcache import CacheStats, YokedCache
 from yokedcache.backends.memory import MemoryBackend
-
-
-class Api:
-    """Run one cache operation through the async API or its sync twin."""
-
-    def __init__(self, cache: YokedCache, face: str) -> None:
-        self.cache = cache
-        self.face = face
-
-    async def __call__(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        if self.face == "async":
-            return await getattr(self.cache, name)(*args, **kwargs)
-        return getattr(self.cache, f"{name}_sync")(*args, **kwargs)
-
-
-@pytest.fixture(params=["async", "sync"])
-def face(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def api(cache: YokedCache, face: str) -> Api:
-    return Api(cache, face)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_cache_api import Api
+from tests.api_faces import Api
 from yokedcache import CacheConfig, YokedCache
 from yokedcache.backends.memory import MemoryBackend
 from yokedcache.backends.redis import RedisBackend
