@@ -226,6 +226,91 @@ async def test_async_operations_cost_one_command_each(
     await cache.disconnect()
 
 
+def test_get_or_capture_is_one_round_trip_for_a_hit_and_for_a_miss(
+    private_cache: YokedCache, counter: CommandCounter
+) -> None:
+    """A miss learns the tokens to store its computed value under from the request that found nothing."""
+    cache = private_cache
+    cache.set_sync("warm", 1, tags=["a", "b"])
+    cache.get_or_capture_sync("warm", ["a", "b"])
+
+    counter.start()
+    value, tokens = cache.get_or_capture_sync("absent", ["a", "b"], "D")
+    assert value == "D"
+    assert counter.delta() == {"evalsha": 1, "get": 3}  # the entry, then the two tokens
+    assert tokens == cache.capture_tokens_sync(["a", "b"])
+
+    assert cache.store_computed_sync("absent", [1, 2], tokens, ["a", "b"]) == "stored"
+    counter.start()
+    assert cache.get_or_capture_sync("absent", ["a", "b"]) == ([1, 2], None)
+    assert counter.delta() == {"evalsha": 1, "get": 3}  # the entry and its two tokens
+
+    cache.invalidate_tags_sync("a")  # the entry dies: the same request now captures the new tokens
+    value, tokens = cache.get_or_capture_sync("absent", ["a", "b"], "D")
+    assert value == "D" and tokens == cache.capture_tokens_sync(["a", "b"])
+
+
+async def test_get_or_capture_async_face(private_cache: YokedCache, counter: CommandCounter) -> None:
+    cache = private_cache
+    await cache.get_or_capture("warm", ["a"])
+    counter.start()
+    value, tokens = await cache.get_or_capture("k", ["a"])
+    assert counter.delta() == {"evalsha": 1, "get": 2}
+    assert value is None and tokens == await cache.capture_tokens(["a"])
+    assert await cache.store_computed("k", "v", tokens, ["a"]) == "stored"
+    assert await cache.get_or_capture("k", ["a"]) == ("v", None)
+    await cache.disconnect()
+
+
+def test_get_or_capture_of_garbage_is_a_miss_with_tokens(
+    private_cache: YokedCache, unix_redis: PrivateRedis
+) -> None:
+    cache = private_cache
+    backend, full = cache._full("bad")
+    unix_redis.client().rpush(full, "not a string entry")
+    value, tokens = cache.get_or_capture_sync("bad", ["a"], "D")
+    assert value == "D" and tokens == cache.capture_tokens_sync(["a"])
+
+
+def test_an_unawaited_store_is_checked_and_seen_by_the_next_read(
+    private_cache: YokedCache, counter: CommandCounter
+) -> None:
+    cache = private_cache
+    cache.get_sync("warm")
+    tokens = cache.capture_tokens_sync(["a"])
+
+    counter.start()
+    assert cache.store_computed_sync("k", {"v": 1}, tokens, ["a"], wait=False) == "sent"
+    assert cache.get_sync("k") == {"v": 1}  # the same connection: the store ran first
+    assert counter.delta() == {"eval": 1, "get": 1 + 2, "set": 1, "incrby": 1, "evalsha": 1}
+
+    cache.invalidate_tags_sync("a")  # the captured token is no longer current: the store is refused
+    assert cache.store_computed_sync("k2", "old", tokens, ["a"], wait=False) == "sent"
+    assert cache.get_sync("k2", "absent") == "absent"
+
+
+def test_an_unawaited_store_survives_a_server_restart_without_hanging(prefix: str) -> None:
+    """The reply owed by a connection whose server went away is never waited for."""
+    from .redis_server import RedisServer
+
+    server = RedisServer().start()
+    cache = YokedCache(redis_url=server.url, key_prefix=prefix, operation_timeout=1.0)
+    try:
+        tokens = cache.capture_tokens_sync(["a"])
+        assert cache.store_computed_sync("k", 1, tokens, ["a"], wait=False) == "sent"
+        server.restart()
+        started = time.monotonic()
+        assert cache.get_sync("k", "gone") == "gone"  # a new server: empty, and no wait for the old reply
+        assert cache.get_sync("k", "gone") == "gone"
+        assert time.monotonic() - started < 5
+        tokens = cache.capture_tokens_sync(["a"])
+        assert cache.store_computed_sync("k", 2, tokens, ["a"], wait=False) == "sent"
+        assert cache.get_sync("k") == 2
+    finally:
+        cache.disconnect_sync()
+        server.cleanup()
+
+
 async def test_invalidating_a_tag_on_20000_entries_is_one_constant_script_call(
     private_cache: YokedCache, counter: CommandCounter, unix_redis: PrivateRedis
 ) -> None:

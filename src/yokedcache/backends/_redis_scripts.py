@@ -34,22 +34,39 @@ local function live(key, tp)
 end
 """
 
-# KEYS[1] = entry; ARGV[1] = token prefix. Returns the whole stored frame of a live entry, else nil.
-# This is the hit path, so it is written for speed: an untagged entry (first byte \x1d) is returned at
-# once, and the frame is returned as stored (the client strips the header; a Lua substring would copy
-# and intern the whole value).
+# KEYS[1] = entry; ARGV[1] = token prefix, then optionally (tag, candidate) pairs. Returns the whole stored
+# frame of a live entry. Otherwise nil, or — when tags were given — the current tokens of those tags
+# (created from the candidates if missing), so a miss learns what its computed value must be stored under
+# in the same round trip as the read. This is the hit path, so it is written for speed: an untagged entry
+# (first byte \x1d) is returned at once, and the frame is returned as stored (the client strips the
+# header; a Lua substring would copy and intern the whole value).
 GET = r"""
 local v = redis.call('GET', KEYS[1])
-if not v or string.byte(v, 1) == 29 then return v end
-local h = string.find(v, '\29', 1, true)
-if not h then return v end
-for tag, tok in string.gmatch(string.sub(v, 1, h - 1), '([^\30\31]+)\31([^\30]*)') do
-  if redis.call('GET', ARGV[1] .. tag) ~= tok then
-    redis.call('DEL', KEYS[1])
-    return false
+if v then
+  if string.byte(v, 1) == 29 then return v end
+  local h = string.find(v, '\29', 1, true)
+  if not h then return v end
+  for tag, tok in string.gmatch(string.sub(v, 1, h - 1), '([^\30\31]+)\31([^\30]*)') do
+    if redis.call('GET', ARGV[1] .. tag) ~= tok then
+      redis.call('DEL', KEYS[1])
+      v = false
+      break
+    end
   end
+  if v then return v end
 end
-return v
+if #ARGV < 2 then return false end
+local out = {}
+for i = 2, #ARGV, 2 do
+  local tk = ARGV[1] .. ARGV[i]
+  local cur = redis.pcall('GET', tk)
+  if type(cur) ~= 'string' then
+    redis.call('SET', tk, ARGV[i + 1])
+    cur = ARGV[i + 1]
+  end
+  out[#out + 1] = cur
+end
+return out
 """
 
 # KEYS[1] = entry; ARGV[1] = token prefix. Returns {frame, pttl} of a live entry, else nil.

@@ -108,6 +108,15 @@ class Backend(ABC):
     def capture_tokens(self, tags: Sequence[str]) -> list[str]:
         """Current token of each tag, creating missing ones."""
 
+    def get_or_capture(self, key: str, tags: Sequence[str]) -> tuple[bytes | None, list[str] | None]:
+        """``(body, None)`` for a live entry; on a miss ``(None, tokens)``: the current tokens of ``tags``,
+        read before the caller computes the value (``None`` if they could not be read). Backends that can
+        answer both in one request override this."""
+        body = self.get(key)
+        if body is not None:
+            return body, None
+        return None, self.capture_tokens(tags)
+
     @abstractmethod
     def set(
         self,
@@ -121,6 +130,14 @@ class Backend(ABC):
         value was computed: if any of them is no longer current, nothing is stored and ``False`` returned
         (the value was computed from data older than an invalidation).
         """
+
+    def set_unawaited(
+        self, items: Sequence[tuple[str, bytes, int]], tags: Sequence[str], tokens: Sequence[str]
+    ) -> None:
+        """:meth:`set` with captured tokens, where the caller does not need to know whether it was stored
+        (a computed value, checked against its tokens by the backend): a backend that can send it without
+        waiting for the answer does so."""
+        self.set(items, tags, tokens)
 
     @abstractmethod
     def delete(self, keys: Sequence[str]) -> int:
@@ -199,6 +216,12 @@ class Backend(ABC):
     @abstractmethod
     async def acapture_tokens(self, tags: Sequence[str]) -> list[str]: ...
 
+    async def aget_or_capture(self, key: str, tags: Sequence[str]) -> tuple[bytes | None, list[str] | None]:
+        body = await self.aget(key)
+        if body is not None:
+            return body, None
+        return None, await self.acapture_tokens(tags)
+
     @abstractmethod
     async def aset(
         self,
@@ -206,6 +229,11 @@ class Backend(ABC):
         tags: Sequence[str],
         tokens: Sequence[str] | None,
     ) -> bool: ...
+
+    async def aset_unawaited(
+        self, items: Sequence[tuple[str, bytes, int]], tags: Sequence[str], tokens: Sequence[str]
+    ) -> None:
+        await self.aset(items, tags, tokens)
 
     @abstractmethod
     async def adelete(self, keys: Sequence[str]) -> int: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import socket
 import struct
 import sys
@@ -42,6 +43,7 @@ if _redis is not None:
 
 _SCAN_BATCH = 1000
 _WAKE_TTL_MS = 2000  # a wake-up list outlives its release only briefly (matches the UNLOCK script)
+logger = logging.getLogger("yokedcache")
 _GET_SHA = hashlib.sha1(lua.GET.encode()).hexdigest()
 _SET_SHA = hashlib.sha1(lua.SET.encode()).hexdigest()
 _HEADER_END = b"\x1d"
@@ -163,6 +165,13 @@ def _body(frame: bytes | None) -> bytes | None:
     return frame if end < 0 else frame[end + 1 :]
 
 
+def _frame_or_tokens(found: Any) -> tuple[bytes | None, list[str] | None]:
+    """The GET script's answer when tags were passed: a live entry's frame, or the tags' tokens."""
+    if isinstance(found, list):
+        return None, [token.decode() for token in found]
+    return _body(found), None
+
+
 def _split_frame(frame: bytes) -> tuple[tuple[str, ...], bytes]:
     end = frame.find(_HEADER_END)
     if end < 0:
@@ -259,6 +268,8 @@ def _waiting_sync_pool_class() -> Any:
             self._freed = threading.Condition()
             self._waiters = 0
             self._wait_timeout = wait_timeout
+            # Connections sent a command whose reply nobody waited for: (socket it went on, how many).
+            self._owed: dict[Any, tuple[Any, int]] = {}
 
         def get_connection(self, *args: Any, **kwargs: Any) -> Any:
             self._checkpid()
@@ -268,11 +279,34 @@ def _waiting_sync_pool_class() -> Any:
                 connection = self._make_or_wait()
             self._in_use_connections.add(connection)
             try:
+                if self._owed:
+                    self._settle(connection)
                 connection.connect()  # no-op when connected
             except BaseException:
                 self.release(connection)
                 raise
             return connection
+
+        def owe_reply(self, connection: Any) -> None:
+            """``connection`` was sent a command and handed back before its reply was read: the reply is
+            read (by then long arrived) before the connection's next command."""
+            sock = connection._sock
+            owed = self._owed.get(connection)
+            count = owed[1] if owed is not None and owed[0] is sock else 0
+            self._owed[connection] = (sock, count + 1)
+
+        def _settle(self, connection: Any) -> None:
+            owed = self._owed.pop(connection, None)
+            if owed is None or owed[0] is not connection._sock:
+                return  # reconnected since: those replies went with the old socket
+            try:
+                for _ in range(owed[1]):
+                    try:
+                        connection.read_response()
+                    except _RedisResponseError as exc:  # e.g. the store script failed: it was best effort
+                        logger.debug("a deferred Redis command failed: %s", exc)
+            except Exception:
+                connection.disconnect()  # a stream we can no longer trust: start afresh
 
         def _make_or_wait(self) -> Any:
             deadline = time.monotonic() + self._wait_timeout
@@ -498,8 +532,9 @@ class RedisBackend(Backend):
 
     def _capture_args(self, tags: Sequence[str]) -> list[Any]:
         args: list[Any] = [self.token_prefix]
-        for tag in tags:
-            args += (tag, new_token())
+        base = new_token()  # one random draw; the index keeps each candidate unique
+        for i, tag in enumerate(tags):
+            args += (tag, f"{base}{i}")
         return args
 
     def _invalidate_args(self, tags: Sequence[str]) -> list[Any]:
@@ -527,6 +562,20 @@ class RedisBackend(Backend):
             except _RedisResponseError:
                 return None  # e.g. a key of another type under our prefix: garbage is a miss
             return _body(frame)
+
+    def get_or_capture(self, key: str, tags: Sequence[str]) -> tuple[bytes | None, list[str] | None]:
+        if not tags:
+            return self.get(key), []
+        client, scripts = self._sync_client()
+        args = self._capture_args(tags)
+        with _transport(self.redis_url):
+            try:
+                found = client.evalsha(_GET_SHA, 1, key, *args)
+            except _NoScriptError:
+                found = scripts["GET"](keys=[key], args=args)  # loads the script
+            except _RedisResponseError:
+                return None, None  # garbage under the key: a miss whose tokens the caller reads itself
+        return _frame_or_tokens(found)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         # EVALSHA straight into the pipeline: a Script object would send SCRIPT EXISTS first, doubling
@@ -573,6 +622,31 @@ class RedisBackend(Backend):
                 return bool(client.evalsha(_SET_SHA, len(keys), *keys, *args))
             except _NoScriptError:
                 return bool(scripts["SET"](keys=keys, args=args))
+
+    def set_unawaited(
+        self, items: Sequence[tuple[str, bytes, int]], tags: Sequence[str], tokens: Sequence[str]
+    ) -> None:
+        """:meth:`set` with captured tokens, without waiting for the reply: the command is written and the
+        connection goes back to the pool, which reads the reply before the connection's next command
+        (commands on one connection run in order, so this thread's next read sees the entry). EVAL with
+        the script's text cannot fail with NOSCRIPT, whose reply would come too late to retry."""
+        client, _ = self._sync_client()
+        pool = client.connection_pool
+        if not hasattr(pool, "owe_reply"):
+            self.set(items, tags, tokens)
+            return
+        keys = [key for key, _, _ in items]
+        args = self._set_args(items, tags, tokens)
+        with _transport(self.redis_url):
+            connection = pool.get_connection()
+            try:
+                connection.send_command("EVAL", lua.SET, len(keys), *keys, *args)
+                pool.owe_reply(connection)
+            except BaseException:
+                connection.disconnect()
+                raise
+            finally:
+                pool.release(connection)
 
     def delete(self, keys: Sequence[str]) -> int:
         if not keys:
@@ -750,6 +824,20 @@ class RedisBackend(Backend):
                 return _body(frame)
         finally:
             batcher.done_one()
+
+    async def aget_or_capture(self, key: str, tags: Sequence[str]) -> tuple[bytes | None, list[str] | None]:
+        if not tags:
+            return await self.aget(key), []
+        client, scripts = self._async_client()
+        args = self._capture_args(tags)
+        async with self._aguard():
+            try:
+                found = await client.evalsha(_GET_SHA, 1, key, *args)
+            except _NoScriptError:
+                found = await scripts["GET"](keys=[key], args=args)  # loads the script
+            except _RedisResponseError:
+                return None, None
+        return _frame_or_tokens(found)
 
     async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
         frames = await self._aget_frames(keys)

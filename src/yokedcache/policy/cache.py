@@ -620,6 +620,7 @@ class YokedCache:
         fresh_for: float | None = None,
         compute_seconds: float = 0.0,
         compress: bool | None = None,
+        wait: bool = True,
     ) -> Op[str]:
         if tokens is None:
             return "skipped"  # the tokens could not be read: freshness cannot be vouched for
@@ -632,7 +633,11 @@ class YokedCache:
         if body is None:
             return "skipped"
         self.count_sets(1)
-        stored = yield backend, "set", ([(full, body, self._ttl_ms(ttl))], tags, tokens)
+        items = [(full, body, self._ttl_ms(ttl))]
+        if not wait:
+            yield backend, "set_unawaited", (items, tags, tokens)
+            return "sent"
+        stored = yield backend, "set", (items, tags, tokens)
         return "stored" if stored else "stale"
 
     def _scan_pattern(self, backend: Backend, pattern: str) -> str:
@@ -904,6 +909,48 @@ class YokedCache:
             return []
         return self._run(self._op_capture_tokens(key, tags), None)
 
+    async def get_or_capture(
+        self, key: str, tags: Sequence[str], default: Any = None
+    ) -> tuple[Any, list[str] | None]:
+        """``(value, None)`` for a live entry; on a miss ``(default, tokens)``: the current tokens of
+        ``tags``, read before the caller computes the value it will hand to :meth:`store_computed`. On
+        Redis both come from one request, so a miss costs no extra round trip. ``tokens`` is ``None`` when
+        they could not be read (the value must then not be stored)."""
+        backend, full = self._full(key)
+        try:
+            body, tokens = await self._acall((backend, "get_or_capture", (full, tags)))
+        except CacheConnectionError as exc:
+            return self._backend_failed(exc, default), None
+        value = self._read(full, body, True)
+        if self._next_publish <= time.monotonic():
+            await self._publish_stats()
+        if value is _MISSING or value is _GARBAGE:
+            if value is _GARBAGE:
+                await self._arun(self._op_drop_garbage(backend, full), None)
+            if tokens is None:
+                tokens = await self.capture_tokens(tags, key)
+            return default, tokens
+        return value, None
+
+    def get_or_capture_sync(
+        self, key: str, tags: Sequence[str], default: Any = None
+    ) -> tuple[Any, list[str] | None]:
+        backend, full = self._full(key)
+        try:
+            body, tokens = self._call((backend, "get_or_capture", (full, tags)))
+        except CacheConnectionError as exc:
+            return self._backend_failed(exc, default), None
+        value = self._read(full, body, True)
+        if self._next_publish <= time.monotonic():
+            self._publish_stats_sync()
+        if value is _MISSING or value is _GARBAGE:
+            if value is _GARBAGE:
+                self._run(self._op_drop_garbage(backend, full), None)
+            if tokens is None:
+                tokens = self.capture_tokens_sync(tags, key)
+            return default, tokens
+        return value, None
+
     async def store_computed(
         self,
         key: str,
@@ -916,16 +963,19 @@ class YokedCache:
         fresh_for: float | None = None,
         compute_seconds: float = 0.0,
         compress: bool | None = None,
+        wait: bool = True,
     ) -> str:
         """Store a computed value only if its captured tokens are still current.
 
         Returns ``"stored"``, ``"stale"`` (an invalidation happened while it was computed: not stored)
         or ``"skipped"`` (not storable, or the backend was unreachable). With ``fresh_for``, the entry
         is kept for ``ttl`` seconds but plain reads see it only for the first ``fresh_for``. ``compress``
-        overrides ``enable_compression`` for this entry (per-table settings).
+        overrides ``enable_compression`` for this entry (per-table settings). ``wait=False`` does not
+        wait for the backend's answer where it can avoid it (Redis): the result is then ``"sent"``, and
+        the check against the tokens still happens, in the backend.
         """
         op = self._op_store_computed(
-            key, value, ttl, serialization, tags, tokens, fresh_for, compute_seconds, compress
+            key, value, ttl, serialization, tags, tokens, fresh_for, compute_seconds, compress, wait
         )
         return await self._arun(op, "skipped")
 
@@ -941,9 +991,10 @@ class YokedCache:
         fresh_for: float | None = None,
         compute_seconds: float = 0.0,
         compress: bool | None = None,
+        wait: bool = True,
     ) -> str:
         op = self._op_store_computed(
-            key, value, ttl, serialization, tags, tokens, fresh_for, compute_seconds, compress
+            key, value, ttl, serialization, tags, tokens, fresh_for, compute_seconds, compress, wait
         )
         return self._run(op, "skipped")
 
