@@ -420,17 +420,61 @@ def test_an_unreachable_cache_never_fails_a_query(env: Env) -> None:
     assert env.sql() == 3  # select, update; select (the name is already set: no update)
 
 
+SNAPSHOT_LEVELS = ["REPEATABLE READ", "SERIALIZABLE"]
+
+
 @pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
-@pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
-def test_snapshot_isolation_is_never_served_or_stored(env: Env, level: str) -> None:
-    """A snapshot may predate invalidations the tokens already show: neither a hit nor a store is safe."""
+@pytest.mark.parametrize("level", SNAPSHOT_LEVELS)
+def test_snapshot_transactions_are_cached(env: Env, level: str) -> None:
+    """Tokens are captured when the transaction begins: its misses are stored and later reads hit."""
     from yokedcache.sqlalchemy import cache_queries
 
     engine = env.engine.execution_options(isolation_level=level)
-    for _ in range(2):
+    for _ in range(3):
         with cache_queries(Session(engine), cache=env.cache) as session:
             assert len(session.execute(select(Label)).scalars().all()) == 2
-    assert env.sql() == 2
+    assert env.sql() == 1
+
+
+@pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
+@pytest.mark.parametrize("level", SNAPSHOT_LEVELS)
+def test_a_snapshot_older_than_a_commit_is_never_stored(env: Env, level: str) -> None:
+    """The reader's snapshot is taken, then a writer commits; the reader's miss reads the old rows from its
+    snapshot. Tokens captured at that moment would already show the commit, so storing under them would
+    plant the old rows for everyone; the tokens captured at transaction start refuse the store."""
+    from yokedcache.sqlalchemy import cache_queries
+
+    engine = env.engine.execution_options(isolation_level=level)
+    with cache_queries(Session(engine), cache=env.cache) as reader:
+        reader.execute(select(Author.id)).all()  # the snapshot is taken here
+        with env.session() as writer:
+            writer.get(Label, 1).name = "renamed"
+            writer.commit()
+        old = reader.execute(select(Label).order_by(Label.id)).scalars().all()
+        assert [label.name for label in old] == ["python", "sql"]  # what the snapshot shows
+    env.sql()
+    with env.session() as session:
+        fresh = session.execute(select(Label).order_by(Label.id)).scalars().all()
+        assert [label.name for label in fresh] == ["renamed", "sql"]
+    assert env.sql() == 1  # a miss: the old rows were not stored
+
+
+@pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
+def test_a_snapshot_taken_before_caching_began_is_not_cached(env: Env) -> None:
+    """A session joining a transaction that already ran a statement cannot know when its snapshot was
+    taken, so it neither stores nor serves."""
+    from yokedcache.sqlalchemy import cache_queries
+
+    engine = env.engine.execution_options(isolation_level="REPEATABLE READ")
+    with engine.connect() as connection:
+        connection.execute(select(Author.id)).all()
+        for _ in range(2):
+            session = cache_queries(
+                Session(bind=connection, join_transaction_mode="create_savepoint"), cache=env.cache
+            )
+            assert len(session.execute(select(Label)).scalars().all()) == 2
+            session.close()
+    assert env.sql() == 1 + 2 * 3  # the first select; per session: savepoint, select, rollback to it
     assert not any(k.startswith("sql:") for k in env.cache.get_all_keys_sync())
 
 

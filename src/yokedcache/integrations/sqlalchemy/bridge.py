@@ -26,6 +26,14 @@ def cache_get(cache: YokedCache, key: str, default: Any) -> Any:
     return cache.get_sync(key, default)
 
 
+def cache_get_or_capture(
+    cache: YokedCache, key: str, tags: Sequence[str], default: Any
+) -> tuple[Any, list[str] | None]:
+    if _in_greenlet():
+        return _await(cache.get_or_capture(key, tags, default))
+    return cache.get_or_capture_sync(key, tags, default)
+
+
 def capture_tokens(cache: YokedCache, tags: Sequence[str], key: str) -> list[str] | None:
     if not tags:
         return []
@@ -47,7 +55,9 @@ def store_computed(
     options = {"ttl": ttl, "serialization": serialization, "compress": compress}
     if _in_greenlet():
         return _await(cache.store_computed(key, value, tokens, tags, **options))
-    return cache.store_computed_sync(key, value, tokens, tags, **options)
+    # The query's caller does not need the answer (the backend checks the tokens either way), so a
+    # sync miss does not wait a round trip for it.
+    return cache.store_computed_sync(key, value, tokens, tags, wait=False, **options)
 
 
 def invalidate_tags(cache: YokedCache, tags: Sequence[str]) -> None:

@@ -2,24 +2,26 @@
 
 **Bypass** (the statement runs exactly as without caching) for: non-SELECTs; ``execution_options(
 yokedcache=False)``; refresh and column loads, lazy and other relationship loads; ``populate_existing``;
-``yield_per``/streaming; ``FOR UPDATE``; sharded identities; snapshot isolation (REPEATABLE READ or
-SERIALIZABLE: the snapshot may predate an invalidation the tokens already reflect, so neither a hit nor a
-store would be safe — the conservative choice, no caching at all); statements whose shape is
-uncacheable (volatile SQL functions, no tables, ``text()`` reading unknown tables, bundles); with
+``yield_per``/streaming; ``FOR UPDATE``; sharded identities; a snapshot transaction (REPEATABLE READ,
+SERIALIZABLE) whose tokens could not be captured at its start (see ``snapshots.py``); statements whose
+shape is uncacheable (volatile SQL functions, no tables, ``text()`` reading unknown tables, bundles); with
 ``table_name``, statements not reading it; statements reading a table this transaction has written and
 not committed; parameters of a type without a canonical encoding.
 
 Pending changes are flushed first when autoflush would flush them anyway, so they count as written.
 
-**Hit**: one backend round trip (``cache.get``), then real objects rebuilt in this session (``rows.py``) and
-a ``Result`` of the statement's own shape (``statements.ResultTemplate``). No SQL is sent.
+**Hit**: one backend round trip (``cache.get_or_capture``), then real objects rebuilt in this session
+(``rows.py``) and a ``Result`` of the statement's own shape (``statements.ResultTemplate``). No SQL is sent.
 
-**Miss**: the tags' tokens are captured *before* the database is read, the statement runs in a private
-session sharing this session's connection and transaction (so the payload holds database values, not this
-session's possibly older in-memory objects), statements that loading issues on its behalf (``selectin``,
-``subquery`` eager loads, polymorphic loads) add their tables, each captured before it runs, and the payload
-is stored only if every token is still current. The caller's rows are rebuilt from that same payload, so
-a miss and a hit return the same thing.
+**Miss**: the same round trip that found nothing returned the tags' tokens, so they were captured *before*
+the database is read (in a snapshot transaction, the tokens captured at its start are used instead).
+Statements that loading issues on its behalf (``selectin``, ``subquery`` eager loads, polymorphic loads) add
+their tables, each captured before it runs, and the payload is stored only if every token is still current.
+When the session holds no objects yet (a fresh request's session), the statement simply runs in it and
+the payload is encoded from the objects it loaded: they are all fresh from the database. Otherwise it runs
+in a private session sharing this session's connection and transaction (so the payload holds database
+values, not this session's possibly older in-memory objects), and the caller's rows are rebuilt from that
+same payload, so a miss and a hit return the same thing.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from ...keys import normalize_tags
 from ...policy.cache import YokedCache
 from ...policy.reads import ReadFrame, current_frame
 from ...policy.resilience import BurstLogger
-from . import bridge, rows, writes
+from . import bridge, rows, snapshots, writes
 from .catalog import catalog
 from .keys import UnknownParameter, query_key
 from .statements import Shape, shape_of, tables_read_by
@@ -48,7 +50,6 @@ _shape_failures = BurstLogger()
 CACHING_KEY = "yokedcache.query_caching"
 RECORDER_KEY = "yokedcache.read_recorder"
 _MISSING: Any = object()
-_SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT"})
 _OPTION_NAMES = frozenset({"ttl", "tags"})
 
 
@@ -63,6 +64,9 @@ def on_do_orm_execute(orm_state: ORMExecuteState) -> Result[Any] | None:
         recorder = info.get(RECORDER_KEY)
         if recorder is not None:
             recorder.before_nested(orm_state)
+        return None
+    if caching.recorder is not None:  # a statement issued while a miss loads in this very session
+        caching.recorder.before_nested(orm_state)
         return None
     if not orm_state.is_select:
         return None
@@ -192,22 +196,6 @@ def _must_bypass(orm_state: ORMExecuteState, options: Any) -> bool:
     return getattr(orm_state.statement, "_for_update_arg", None) is not None
 
 
-def _snapshot_isolation(bind: Any, connections: set[Any]) -> bool:
-    """True under REPEATABLE READ/SERIALIZABLE (SQLite's nominal SERIALIZABLE default excepted: pysqlite
-    runs reads outside ``BEGIN``, so each statement sees the latest commit)."""
-    dialect = bind.dialect
-    levels = [c.get_execution_options().get("isolation_level") for c in connections]
-    levels.append(bind.get_execution_options().get("isolation_level"))
-    levels.append(getattr(dialect, "_on_connect_isolation_level", None))
-    configured = [level for level in levels if level]
-    if not configured and dialect.name != "sqlite":
-        default = getattr(dialect, "default_isolation_level", None)
-        if default is None:
-            return True  # the dialect has not connected yet: run this one plainly, decide next time
-        configured = [default]
-    return any(str(level).upper() in _SNAPSHOT_LEVELS for level in configured)
-
-
 def _cache_key(statement: Any) -> Any:
     """SQLAlchemy's structural cache key (``None``: the statement cannot be cached by structure)."""
     generate = getattr(statement, "_generate_cache_key", None)
@@ -228,8 +216,14 @@ def _plan(caching: Any, orm_state: ORMExecuteState) -> _Read | None:
     if orm_state.load_options._autoflush or not orm_state.is_orm_statement:
         session._autoflush()  # what executing would do next anyway; then the changes count as writes
     bind = session.get_bind(**orm_state.bind_arguments)
-    if _snapshot_isolation(bind, caching.connections):
-        return None
+    cache = caching.resolve_cache()
+    start: dict[str, str] | None = None
+    if snapshots.reads_from_snapshot(bind, caching.connections):
+        connection = session.connection(bind_arguments=orm_state.bind_arguments)  # begins: start tokens
+        if snapshots.reads_from_snapshot(connection.engine, (connection,)):
+            start = snapshots.start_tokens(connection, cache)
+            if start is None:
+                return None  # the snapshot was taken before we could capture tokens: run it plainly
     cache_key = _cache_key(statement)
     if cache_key is None:
         return None
@@ -240,7 +234,6 @@ def _plan(caching: Any, orm_state: ORMExecuteState) -> _Read | None:
     written = writes.written_tables(caching.connections)
     if written and (writes.EVERYTHING in written or not written.isdisjoint(shape.tables)):
         return None
-    cache = caching.resolve_cache()
     identity = writes.register(engine, cache)
     parameters = orm_state.parameters
     if parameters is not None and not isinstance(parameters, dict):
@@ -251,7 +244,7 @@ def _plan(caching: Any, orm_state: ORMExecuteState) -> _Read | None:
     except UnknownParameter as exc:
         logger.debug("not caching a query with a parameter of unknown type: %s", exc)
         return None
-    return _Read(caching, orm_state, cache, shape, key, engine, overrides)
+    return _Read(caching, orm_state, cache, shape, key, engine, overrides, start)
 
 
 # --- serving ---------------------------------------------------------------------------------------------
@@ -269,6 +262,7 @@ class _Read:
         key: str,
         engine: Any,
         overrides: dict[str, Any],
+        start: dict[str, str] | None,
     ) -> None:
         self.caching = caching
         self.orm_state = orm_state
@@ -277,19 +271,32 @@ class _Read:
         self.key = key
         self.engine = engine
         self.overrides = overrides
+        self.start = start  # tokens captured when this snapshot transaction began (else None)
 
     def serve(self) -> Result[Any]:
         started = time.perf_counter()
         frame = current_frame()
         if frame is not None:  # a hit sends no SQL, so tell the computation around us what it read
-            record_read(frame, self.shape.tables, self.engine)
-        payload = bridge.cache_get(self.cache, self.key, _MISSING)
+            if self.start is not None and frame.cache is not self.cache:
+                frame.safe = False  # no start tokens of that cache: its value cannot be vouched for
+            else:
+                record_read(frame, self.shape.tables, self.engine, self.start)
+        tags, ttl, serialization, compress = self._settings()
+        if self.start is None:
+            payload, tokens = bridge.cache_get_or_capture(self.cache, self.key, tags, _MISSING)
+        else:
+            payload, tokens = bridge.cache_get(self.cache, self.key, _MISSING), None
         if payload is not _MISSING:
             found = self._rebuild(payload)
             if found is not None:
                 record_hit(self.cache, self.shape.sql, self.shape.tables, time.perf_counter() - started)
                 return self._result(found)
-        return self._compute()
+            if self.start is None:
+                tokens = bridge.capture_tokens(self.cache, tags, self.key)
+        if self.start is not None:
+            tokens = _listed(snapshots.tokens_for(self.start, tags), tags)
+        recorder = ReadRecorder(self.cache, self.key, tags, tokens, self.engine.dialect, self.start)
+        return self._compute(recorder, ttl, serialization, compress)
 
     def _rebuild(self, payload: Any) -> list[tuple[Any, ...]] | None:
         assert self.shape.template is not None
@@ -313,26 +320,44 @@ class _Read:
             ttl = self.caching.ttl if self.caching.ttl is not None else settings.ttl
         return sorted(tags), ttl, settings.serialization, settings.compression
 
-    def _compute(self) -> Result[Any]:
-        tags, ttl, serialization, compress = self._settings()
-        recorder = ReadRecorder(self.cache, self.key, tags, self.engine.dialect)
+    def _compute(self, recorder: ReadRecorder, ttl: float | None, serialization: Any, compress: Any) -> Any:
         started = time.perf_counter()
-        payload, mappers = self._load_fresh(recorder)
+        if self.orm_state.session.identity_map:
+            loaded = self._load_privately(recorder)
+        else:
+            loaded = self._load_here(recorder)
         db_seconds = time.perf_counter() - started
-        if payload is None:
+        if loaded is None:
             return self.orm_state.invoke_statement()  # not representable: run it plainly, cache nothing
-        if recorder.storable and ttl != 0:
+        payload, found = loaded
+        if payload is not None and recorder.storable and ttl != 0:
             stored_tags, tokens = recorder.tags_and_tokens()
             bridge.store_computed(
                 self.cache, self.key, payload, tokens, stored_tags, ttl, serialization, compress
             )
         record_miss(self.cache, self.shape.sql, self.shape.tables, db_seconds)
-        assert self.shape.template is not None
-        found = rows.rebuild(payload, self.orm_state.session, self.shape.template.entity_positions, mappers)
         return self._result(found)
 
-    def _load_fresh(self, recorder: ReadRecorder) -> tuple[dict[str, Any] | None, list[Any]]:
-        """Run the statement in a private session on this session's connection; encode what it loaded."""
+    def _load_here(self, recorder: ReadRecorder) -> tuple[dict[str, Any] | None, list[tuple[Any, ...]]]:
+        """Run the statement in the caller's session, which holds no objects: everything it returns was
+        just loaded from the database, so it is encoded as is and handed back without rebuilding."""
+        self.caching.recorder = recorder
+        try:
+            fetched = _raw_rows(self.orm_state.invoke_statement())
+        finally:
+            self.caching.recorder = None
+        assert self.shape.template is not None
+        try:
+            payload, _ = rows.encode(fetched, self.shape.template.entity_positions)
+        except rows.NotCacheable:
+            return None, fetched
+        return payload, fetched
+
+    def _load_privately(
+        self, recorder: ReadRecorder
+    ) -> tuple[dict[str, Any] | None, list[tuple[Any, ...]]] | None:
+        """Run the statement in a private session on this session's connection (so the payload holds
+        database values, not this session's objects), then rebuild the caller's rows from the payload."""
         orm_state = self.orm_state
         session = orm_state.session
         connection = session.connection(bind_arguments=orm_state.bind_arguments)
@@ -345,6 +370,8 @@ class _Read:
             expire_on_commit=False,
             info=info,
         )
+        assert self.shape.template is not None
+        positions = self.shape.template.entity_positions
         try:
             result = private._execute_internal(
                 orm_state.statement,
@@ -353,26 +380,42 @@ class _Read:
                 bind_arguments=dict(orm_state.bind_arguments),
                 _parent_execute_state=orm_state,
             )
-            result._unique_filter_state = None  # raw rows: the template re-applies uniquing rules
-            fetched = [tuple(row) for row in result.all()]
-            assert self.shape.template is not None
             try:
-                return rows.encode(fetched, self.shape.template.entity_positions)
+                payload, mappers = rows.encode(_raw_rows(result), positions)
             except rows.NotCacheable:
-                return None, []
+                return None
         finally:
             private.close()
+        return payload, rows.rebuild(payload, session, positions, mappers)
+
+
+def _raw_rows(result: Result[Any]) -> list[tuple[Any, ...]]:
+    result._unique_filter_state = None  # raw rows: the template re-applies uniquing rules
+    return [tuple(row) for row in result.all()]
+
+
+def _listed(tokens: dict[str, str] | None, tags: list[str]) -> list[str] | None:
+    return None if tokens is None else [tokens[tag] for tag in tags]
 
 
 class ReadRecorder:
-    """Lives in the private session's ``info`` while a miss loads: extends the entry's tags with the
-    tables of every statement loading issues, capturing each one's token before that statement runs."""
+    """Follows a miss while it loads: extends the entry's tags with the tables of every statement loading
+    issues, each one's token captured before that statement runs (or, in a snapshot transaction, taken
+    from the tokens captured at its start)."""
 
-    def __init__(self, cache: YokedCache, key: str, tags: list[str], dialect: Any) -> None:
+    def __init__(
+        self,
+        cache: YokedCache,
+        key: str,
+        tags: list[str],
+        tokens: list[str] | None,
+        dialect: Any,
+        start: dict[str, str] | None = None,
+    ) -> None:
         self.cache = cache
         self.key = key
         self.dialect = dialect
-        tokens = bridge.capture_tokens(cache, tags, key)
+        self.start = start
         self.tokens: dict[str, str] | None = None if tokens is None else dict(zip(tags, tokens))
 
     @property
@@ -396,7 +439,10 @@ class ReadRecorder:
         new = [f"table:{t}" for t in sorted(shape.tables) if f"table:{t}" not in self.tokens]
         if not new:
             return
-        tokens = bridge.capture_tokens(self.cache, new, self.key)
+        if self.start is not None:
+            tokens = _listed(snapshots.tokens_for(self.start, new), new)
+        else:
+            tokens = bridge.capture_tokens(self.cache, new, self.key)
         if tokens is None:
             self.tokens = None
         else:
@@ -406,14 +452,21 @@ class ReadRecorder:
 # --- read tracking (see tracking.py) ---------------------------------------------------------------------
 
 
-def record_read(frame: ReadFrame, tables: frozenset[str] | None, engine: Any) -> None:
-    """Add a read of ``tables`` (``None``: tables we cannot name) to ``frame``, capturing tokens first."""
+def record_read(
+    frame: ReadFrame, tables: frozenset[str] | None, engine: Any, start: dict[str, str] | None = None
+) -> None:
+    """Add a read of ``tables`` (``None``: tables we cannot name) to ``frame``, capturing tokens first
+    (in a snapshot transaction, ``start`` holds the tokens captured when it began)."""
     if tables is None:
         frame.safe = False
         return
     writes.register(engine, frame.cache)  # so this database's commits reach the frame's cache
     missing = frame.missing(["table:*", *(f"table:{t}" for t in sorted(tables))])
-    if missing:
+    if not missing:
+        return
+    if start is not None:
+        frame.add(missing, _listed(snapshots.tokens_for(start, missing), missing))
+    else:
         frame.add(missing, bridge.capture_tokens(frame.cache, missing, frame.key))
 
 
@@ -421,11 +474,19 @@ def track_cursor_read(
     connection: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
 ) -> None:
     """``before_cursor_execute``: every SELECT a tracked computation sends, in any session or connection."""
+    snapshots.on_statement(connection)
     frame = current_frame()
     if frame is None or not frame.safe:
         return
+    start = None
+    if snapshots.reads_from_snapshot(connection.engine, (connection,)):
+        # Tokens captured now may be newer than this transaction's snapshot: only start tokens will do.
+        start = snapshots.start_tokens(connection, frame.cache)
+        if start is None:
+            frame.safe = False
+            return
     if writes.is_compiled_select(context):
-        record_read(frame, tables_read_by(context.compiled), connection.engine)
+        record_read(frame, tables_read_by(context.compiled), connection.engine, start)
     elif writes.raw_statement_kind(statement) == "read":
         found = catalog().tables_in_fragment(statement)
-        record_read(frame, None if found is None else frozenset(found), connection.engine)
+        record_read(frame, None if found is None else frozenset(found), connection.engine, start)

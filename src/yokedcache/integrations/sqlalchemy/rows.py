@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Mapper, Session, make_transient_to_detached, mapperlib
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
+from sqlalchemy.orm.state import InstanceState
 
 from .statements import type_text
 
@@ -115,7 +116,9 @@ class _Encoder:
                 relations[rel.key] = [self.ref(item) for item in items]
             else:
                 relations[rel.key] = self.ref(value)
-        return [self.class_ref(mapper), tuple(state.key[1]), columns, relations]
+        # A list, not a tuple: the codec stores a payload of plain JSON types without tagging, and reads
+        # it back without walking it (rebuild turns the key back into a tuple).
+        return [self.class_ref(mapper), list(state.key[1]), columns, relations]
 
     def class_ref(self, mapper: Mapper[Any]) -> int:
         index = self.class_index.get(mapper)
@@ -172,6 +175,24 @@ def _resolve(entry: Any) -> Mapper[Any]:
     return mapper
 
 
+_attribute_names: weakref.WeakKeyDictionary[Mapper[Any], tuple[frozenset[str], frozenset[str], int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _names(mapper: Mapper[Any]) -> tuple[frozenset[str], frozenset[str], int]:
+    """Column attribute names, relationship names and primary key length of ``mapper`` (memoized: a
+    payload is checked against them on every hit)."""
+    found = _attribute_names.get(mapper)
+    if found is None:
+        found = _attribute_names[mapper] = (
+            frozenset(p.key for p in mapper.column_attrs),
+            frozenset(r.key for r in mapper.relationships),
+            len(mapper.primary_key),
+        )
+    return found
+
+
 def _check(payload: Any, mappers: list[Mapper[Any]] | None) -> tuple[list[Mapper[Any]], list[Any], list[Any]]:
     """Validate everything before touching the session, so a bad payload changes nothing."""
     if type(payload) is not dict or payload.get("v") != PAYLOAD_VERSION:
@@ -181,15 +202,14 @@ def _check(payload: Any, mappers: list[Mapper[Any]] | None) -> tuple[list[Mapper
     objects, rows = payload["objects"], payload["rows"]
     count = len(objects)
     for class_index, pk, columns, relations in objects:
-        mapper = mappers[class_index]
-        if len(pk) != len(mapper.primary_key):
+        column_names, relationship_names, pk_length = _names(mappers[class_index])
+        if len(pk) != pk_length:
             raise StalePayload("primary key does not match the mapper")
-        for name in columns:
-            if name not in mapper.column_attrs:
-                raise StalePayload(f"unknown column attribute {name!r}")
+        if not column_names.issuperset(columns):
+            raise StalePayload(f"unknown column attribute in {sorted(columns)}")
         for name, value in relations.items():
             refs = value if isinstance(value, list) else [value]
-            if name not in mapper.relationships or any(r is not None and not 0 <= r < count for r in refs):
+            if name not in relationship_names or any(r is not None and not 0 <= r < count for r in refs):
                 raise StalePayload(f"bad relationship {name!r}")
     return mappers, objects, rows
 
@@ -207,24 +227,55 @@ def rebuild(
     """
     mappers, records, rows = _check(payload, mappers)
     objects: list[Any] = []
-    created: list[bool] = []
+    new_keys: list[Any] = []
     identity_map = session.identity_map
     for class_index, pk, _, _ in records:
         mapper = mappers[class_index]
-        existing = identity_map.get(mapper.identity_key_from_primary_key(tuple(pk)))
+        key = mapper.identity_key_from_primary_key(tuple(pk))
+        existing = identity_map.get(key)
         objects.append(existing if existing is not None else mapper.class_manager.new_instance())
-        created.append(existing is None)
-    for obj, is_new, (_, _, columns, relations) in zip(objects, created, records):
-        _fill(obj, is_new, columns, relations, objects)
-    new_objects = [obj for obj, is_new in zip(objects, created) if is_new]
-    for obj in new_objects:
-        make_transient_to_detached(obj)
-    for obj in new_objects:
-        session.add(obj)
-    for obj in new_objects:
-        state = instance_state(obj)
-        state.manager.dispatch.load(state, None)  # reconstructors, Mutable coercion: as a real load
+        new_keys.append(None if existing is not None else key)
+    fresh = [key for key in new_keys if key is not None]
+    if len(set(fresh)) != len(fresh):
+        raise StalePayload("an identity appears twice")
+    for obj, key, (_, _, columns, relations) in zip(objects, new_keys, records):
+        _fill(obj, key is not None, columns, relations, objects)
+    for obj, key in zip(objects, new_keys):
+        if key is not None:
+            _attach(session, obj, key)
+    for obj, key in zip(objects, new_keys):
+        if key is not None:
+            state = instance_state(obj)
+            state.manager.dispatch.load(state, None)  # reconstructors, Mutable coercion: as a real load
     return [_row(cells, entity_positions, objects) for cells in rows]
+
+
+# What ``make_transient_to_detached(obj)`` followed by ``session.add(obj)`` does for an object built here,
+# without the save-update cascade walk (every object of the payload is attached by this loop anyway) and
+# without recomputing the identity key: on a hit this is most of the rebuilding time. It needs the
+# session's attach steps, which are not public; without them the public pair is used.
+_LEAN_ATTACH = all(hasattr(Session, name) for name in ("_before_attach", "_after_attach")) and all(
+    hasattr(InstanceState, name) for name in ("_commit_all", "_expire_attributes", "unloaded")
+)
+
+
+def _attach(session: Session, obj: Any, key: Any) -> None:
+    """Make a freshly built ``obj`` persistent in ``session`` under identity ``key``, clean, with the
+    attributes it was not given expired (so they load on access)."""
+    if not _LEAN_ATTACH:
+        make_transient_to_detached(obj)
+        session.add(obj)
+        return
+    state = instance_state(obj)
+    state.key = key
+    loaded = state.dict
+    state._commit_all(loaded)
+    unloaded = state.unloaded
+    if unloaded:
+        state._expire_attributes(loaded, unloaded)
+    if session._before_attach(state, obj):
+        session.identity_map.add(state)
+        session._after_attach(state, obj)
 
 
 def _fill(
@@ -234,10 +285,10 @@ def _fill(
     state = instance_state(obj)
     loaded = state.dict
     filled = []
-    for name, value in columns.items():
-        if is_new:
-            loaded[name] = value
-        elif name not in loaded:
+    if is_new:
+        loaded.update(columns)
+    for name, value in () if is_new else columns.items():
+        if name not in loaded:
             set_committed_value(obj, name, value)
             filled.append(name)
     for name, ref in relations.items():

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Mapper, Session
 
 from ...keys import normalize_tags
 from ...policy.cache import YokedCache, get_default_cache
-from . import reads, writes
+from . import reads, snapshots, writes
 
 S = TypeVar("S")
 
@@ -29,7 +29,7 @@ AUTO_DETECT = "auto_detect"
 class QueryCaching:
     """Per-session settings plus the connections of its current transaction."""
 
-    __slots__ = ("cache", "connections", "table_name", "tags", "ttl")
+    __slots__ = ("cache", "connections", "recorder", "table_name", "tags", "ttl")
 
     def __init__(
         self, cache: YokedCache | None, ttl: float | None, table_name: str | None, tags: Iterable[str]
@@ -39,6 +39,7 @@ class QueryCaching:
         self.table_name = table_name
         self.tags = tuple(tags)
         self.connections: set[Connection] = set()
+        self.recorder: reads.ReadRecorder | None = None  # set while a miss loads in this session
 
     def resolve_cache(self) -> YokedCache:
         return self.cache if self.cache is not None else get_default_cache()
@@ -114,7 +115,10 @@ def _after_begin(session: Session, transaction: Any, connection: Connection) -> 
     state = session.info.get(CACHING_KEY)
     if state is not None:
         state.connections.add(connection)
-        writes.register(connection.engine, state.resolve_cache())
+        cache = state.resolve_cache()
+        writes.register(connection.engine, cache)
+        configured = (tag for table in cache.config.tables.values() for tag in table.tags)
+        snapshots.capture_at_start(connection, cache, [*state.tags, *configured])
 
 
 def _after_commit(session: Session) -> None:
@@ -152,6 +156,7 @@ def install() -> None:
         event.listen(Session, "after_begin", _after_begin)
         event.listen(Session, "after_commit", _after_commit)
         event.listen(Session, "after_transaction_end", _after_transaction_end)
+        event.listen(Engine, "begin", snapshots.on_transaction_begin)
         event.listen(Engine, "before_cursor_execute", reads.track_cursor_read)
         event.listen(Mapper, "load", reads.stamp_loaded)
         event.listen(Mapper, "refresh", reads.stamp_loaded)

@@ -1,0 +1,98 @@
+"""Transactions that read from a snapshot: ``REPEATABLE READ``, ``SERIALIZABLE``, ``SNAPSHOT``.
+
+Such a transaction sees the database as it was when its first statement ran, however long ago that was.
+A value computed from that snapshot may only be stored under tokens captured *before* the snapshot was
+taken: tokens captured later may already reflect a commit the snapshot does not contain, and the store
+would then plant old data under current tokens.
+
+So when a caching session begins a transaction at such a level on a connection that has not sent a
+statement in it yet, the tokens of every known table (plus ``table:*`` and the session's and the configured
+tables' tags) are captured in one request, before any SQL of the transaction. Misses in that transaction
+are stored under those tokens, so any commit since the transaction began makes the store fail; a table
+whose token was not captured then is still read and returned, just not stored. Hits need nothing special:
+a hit is always checked against the *current* tokens, so it is never older than a commit that has
+returned (it may be newer than the snapshot, as a read of another connection would be).
+
+A connection whose transaction already ran a statement before the session joined it (its snapshot is
+taken, at an unknown moment) gets no start tokens, and its reads are not cached.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from ...policy.cache import YokedCache
+from . import bridge
+from .catalog import catalog
+
+_SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT"})
+
+# Connections whose current transaction has begun and sent no statement yet (its snapshot is not taken).
+_unread: weakref.WeakSet[Connection] = weakref.WeakSet()
+# Per connection: the cache the start tokens belong to, and the tokens (``None``: none could be captured).
+_start_tokens: weakref.WeakKeyDictionary[Connection, tuple[YokedCache, dict[str, str] | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def reads_from_snapshot(bind: Any, connections: Iterable[Any] = ()) -> bool:
+    """True under REPEATABLE READ/SERIALIZABLE (SQLite's nominal SERIALIZABLE default excepted: pysqlite
+    runs reads outside ``BEGIN``, so each statement sees the latest commit)."""
+    dialect = bind.dialect
+    levels = [c.get_execution_options().get("isolation_level") for c in connections]
+    levels.append(bind.get_execution_options().get("isolation_level"))
+    levels.append(getattr(dialect, "_on_connect_isolation_level", None))
+    configured = [level for level in levels if level]
+    if not configured and dialect.name != "sqlite":
+        default = getattr(dialect, "default_isolation_level", None)
+        if default is None:
+            return True  # the dialect has not connected yet: decide once it has
+        configured = [default]
+    return any(str(level).upper() in _SNAPSHOT_LEVELS for level in configured)
+
+
+def on_transaction_begin(connection: Connection) -> None:
+    """Engine ``begin``: a new transaction, no snapshot yet."""
+    _unread.add(connection)
+    _start_tokens.pop(connection, None)
+
+
+def on_statement(connection: Connection) -> None:
+    """Every statement (``before_cursor_execute``): from here on the transaction's snapshot exists."""
+    _unread.discard(connection)
+
+
+def capture_at_start(connection: Connection, cache: YokedCache, extra_tags: Iterable[str]) -> None:
+    """A caching session began a transaction on ``connection``: capture its start tokens if it reads
+    from a snapshot not taken yet."""
+    if not reads_from_snapshot(connection.engine, (connection,)):
+        return
+    if connection not in _unread:
+        _start_tokens[connection] = (cache, None)
+        return
+    tags = sorted({"table:*", *(f"table:{name}" for name in catalog().fullnames), *extra_tags})
+    tokens = bridge.capture_tokens(cache, tags, "snapshot")
+    _start_tokens[connection] = (cache, None if tokens is None else dict(zip(tags, tokens)))
+
+
+def start_tokens(connection: Connection, cache: YokedCache) -> dict[str, str] | None:
+    """The tokens ``cache`` had when ``connection``'s snapshot transaction began, if captured then."""
+    found = _start_tokens.get(connection)
+    if found is None or found[0] is not cache:
+        return None
+    return found[1]
+
+
+def tokens_for(start: dict[str, str], tags: Iterable[str]) -> dict[str, str] | None:
+    """The start tokens of ``tags``; ``None`` if any was not captured (then nothing may be stored)."""
+    out: dict[str, str] = {}
+    for tag in tags:
+        token = start.get(tag)
+        if token is None:
+            return None
+        out[tag] = token
+    return out
