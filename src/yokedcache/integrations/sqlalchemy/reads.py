@@ -104,13 +104,18 @@ def stamp_loaded(target: Any, *args: Any) -> None:
     state = getattr(target, "_sa_instance_state", None)
     if state is None:
         return
-    state.info[LOADED_AT] = time.monotonic_ns()
+    info = state.info
+    info[LOADED_AT] = time.monotonic_ns()
     frame = current_frame()
+    if frame is None or not frame.safe:  # the common case: a load outside any tracked computation
+        if LOADED_TOKENS in info:
+            del info[LOADED_TOKENS]
+        return
     tags = _table_tags(state.mapper)
-    if frame is not None and frame.safe and all(tag in frame.tokens for tag in tags):
-        state.info[LOADED_TOKENS] = (frame.cache, {tag: frame.tokens[tag] for tag in tags})
+    if all(tag in frame.tokens for tag in tags):
+        info[LOADED_TOKENS] = (frame.cache, {tag: frame.tokens[tag] for tag in tags})
     else:
-        state.info.pop(LOADED_TOKENS, None)
+        info.pop(LOADED_TOKENS, None)
 
 
 def _loaded_before(state: Any, moment_ns: int) -> bool:

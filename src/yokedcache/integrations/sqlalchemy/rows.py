@@ -150,13 +150,25 @@ def encode(
 # --- rebuilding --------------------------------------------------------------------------------------------
 
 
+# (module, qualname, fingerprint) -> the class found at that attribute path and its checked mapper. A hit
+# only repeats the attribute lookup: if the path still leads to the same class, the mapper is still right.
+_resolved: dict[tuple[str, str, str], tuple[weakref.ref[type], weakref.ref[Mapper[Any]]]] = {}
+
+
 def _resolve(entry: Any) -> Mapper[Any]:
     """The mapper a payload names: by module attribute path, else the one registered mapper of that name
     (classes defined inside functions); never by importing anything."""
     module, qualname, expected = entry
+    if not (type(module) is str and type(qualname) is str and type(expected) is str):
+        raise StalePayload("malformed class entry")
     target: Any = sys.modules.get(module)
-    for part in str(qualname).split("."):
+    for part in qualname.split("."):
         target = getattr(target, part, None)
+    known = _resolved.get((module, qualname, expected))
+    if known is not None and known[0]() is target:
+        remembered = known[1]()
+        if remembered is not None:
+            return remembered
     mapper = sa_inspect(target, raiseerr=False) if isinstance(target, type) else None
     if not isinstance(mapper, Mapper) or mapper.class_ is not target:
         candidates = [
@@ -172,6 +184,8 @@ def _resolve(entry: Any) -> Mapper[Any]:
         mapper = candidates[0]
     if fingerprint(mapper) != expected:
         raise StalePayload(f"{module}.{qualname} changed since the payload was stored")
+    if mapper.class_ is target:
+        _resolved[(module, qualname, expected)] = (weakref.ref(target), weakref.ref(mapper))
     return mapper
 
 

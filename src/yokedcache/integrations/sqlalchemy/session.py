@@ -148,6 +148,8 @@ _lock = threading.Lock()
 def install() -> None:
     """Install the session, engine and pool listeners once per process."""
     global _installed
+    if _installed:  # every cache_queries() call comes here: no lock once done
+        return
     with _lock:
         if _installed:
             return
