@@ -151,7 +151,7 @@ def encode(
 
 
 # (module, qualname, fingerprint) -> the class found at that attribute path and its checked mapper. A hit
-# only repeats the attribute lookup: if the path still leads to the same class, the mapper is still right.
+# repeats only the attribute lookup and the (memoized) fingerprint comparison, not the inspection.
 _resolved: dict[tuple[str, str, str], tuple[weakref.ref[type], weakref.ref[Mapper[Any]]]] = {}
 
 
@@ -167,7 +167,7 @@ def _resolve(entry: Any) -> Mapper[Any]:
     known = _resolved.get((module, qualname, expected))
     if known is not None and known[0]() is target:
         remembered = known[1]()
-        if remembered is not None:
+        if remembered is not None and fingerprint(remembered) == expected:
             return remembered
     mapper = sa_inspect(target, raiseerr=False) if isinstance(target, type) else None
     if not isinstance(mapper, Mapper) or mapper.class_ is not target:
