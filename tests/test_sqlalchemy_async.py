@@ -94,8 +94,9 @@ async def test_commit_publishes_before_it_returns_without_the_sync_client(
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("an AsyncSession must not block the event loop on the sync client")
 
-    monkeypatch.setattr(aenv.cache, "invalidate_tags_sync", refuse)
-    monkeypatch.setattr(aenv.cache, "get_sync", refuse)
+    for name in ("invalidate_tags_sync", "get_sync", "get_or_capture_sync", "capture_tokens_sync"):
+        monkeypatch.setattr(aenv.cache, name, refuse)
+    monkeypatch.setattr(aenv.cache, "store_computed_sync", refuse)
     async with aenv.session() as session:
         await titles(session)
     async with aenv.session() as session:
@@ -104,6 +105,26 @@ async def test_commit_publishes_before_it_returns_without_the_sync_client(
         await session.commit()
     async with aenv.session() as session:
         assert await titles(session) == [("ada l.", ["first", "second"]), ("bob", ["renamed"])]
+
+
+@pytest.mark.parametrize("aenv", ["asyncpg+redis"], indirect=True)
+async def test_a_snapshot_transaction_stores_only_under_its_start_tokens(aenv: AsyncEnv) -> None:
+    """REPEATABLE READ on asyncpg: cached like any session, but a miss read from a snapshot older than a
+    commit is not stored (its tokens were captured when the transaction began)."""
+    engine = aenv.engine.execution_options(isolation_level="REPEATABLE READ")
+    async with cache_queries(AsyncSession(engine), cache=aenv.cache) as reader:
+        await reader.execute(select(Author.id))  # the snapshot is taken here
+        async with aenv.session() as writer:
+            (await writer.get(Label, 1)).name = "renamed"
+            await writer.commit()
+        old = (await reader.execute(select(Label).order_by(Label.id))).scalars().all()
+        assert [label.name for label in old] == ["python", "sql"]
+    aenv.sql()
+    for _ in range(2):
+        async with cache_queries(AsyncSession(engine), cache=aenv.cache) as session:
+            fresh = (await session.execute(select(Label).order_by(Label.id))).scalars().all()
+            assert [label.name for label in fresh] == ["renamed", "sql"]
+    assert aenv.sql() == 1  # the old rows were not stored; the new ones were, and then hit
 
 
 async def test_rollback_and_savepoints(aenv: AsyncEnv) -> None:
