@@ -1,4 +1,4 @@
-"""Writes: seen at the cursor, collected per transaction, published after the outermost commit.
+"""Writes: seen at the cursor, collected per transaction, published as the outermost commit succeeds.
 
 Every statement a connection executes passes ``after_cursor_execute``, whatever produced it: an ORM flush
 (inserts, updates, deletes, many-to-many link rows, cascades), ORM bulk DML, Core DML, ``text()``,
@@ -8,10 +8,16 @@ Every statement a connection executes passes ``after_cursor_execute``, whatever 
 The tables a connection wrote are kept in a stack of frames mirroring its transaction: a ``SAVEPOINT`` pushes
 a frame, ``RELEASE`` merges it into its parent, ``ROLLBACK TO`` drops it (the outer transaction's writes
 stay), a root ``ROLLBACK`` drops everything. The ``commit`` event fires *before* the database commits, so
-there the written tables only become *pending*, parked in the pooled connection's ``info``; they are
-published — ``table:<t>`` replaced for every written table and the tables the database cascades to — by
-whatever comes first after the commit has happened: the session's ``after_commit``, the connection going
-back to the pool, or the next transaction on it. An AUTOCOMMIT connection publishes after each statement.
+there the written tables only become *pending*, parked in the pooled connection's ``info``. They are
+published — ``table:<t>`` replaced for every written table and the tables the database cascades to — from
+the engine dialect's ``do_commit``, wrapped once per dialect on its first commit with writes: it is the only
+point after the database committed and before ``commit()`` returns (SQLAlchemy has no event there), so a
+connection kept open after ``conn.commit()`` never leaves readers on stale entries. Every commit of a
+connection goes through it: ``Connection.commit()``, ``engine.begin()``, ``Session.commit()`` and their
+async forms (inside SQLAlchemy's greenlet). A failed commit publishes nothing and drops its writes, unless
+the connection was lost during it: then whether the database committed is unknown, and invalidating is the
+safe guess. The session's ``after_commit``, the connection going back to the pool and its next transaction
+still publish anything left pending. An AUTOCOMMIT connection publishes after each statement.
 
 Which caches hear about it: every cache whose caching sessions used the same database in this process
 (:func:`register`); other processes learn through the shared backend, where the tokens live.
@@ -25,11 +31,11 @@ import re
 import threading
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.pool import Pool
 from sqlalchemy.sql import ddl
 from sqlalchemy.sql.selectable import CompoundSelect, Select
@@ -303,6 +309,65 @@ def _on_commit(connection: Connection) -> None:
             info[_PENDING] = (writes.identity, tables)
         else:
             pending[1].update(tables)
+        # Connection.commit() looks do_commit up only after this event, so even this commit publishes
+        _publish_on_do_commit(connection.engine.dialect)
+
+
+_publishing_dialects: weakref.WeakSet[Dialect] = weakref.WeakSet()
+_dialect_lock = threading.Lock()
+
+
+def _publish_on_do_commit(dialect: Dialect) -> None:
+    """Wrap this dialect instance's ``do_commit``, once, to publish what the committing connection parked."""
+    if dialect in _publishing_dialects:
+        return
+    with _dialect_lock:
+        if dialect in _publishing_dialects:
+            return
+        dialect.do_commit = _committing(dialect, dialect.do_commit)  # type: ignore[method-assign, assignment]
+        _publishing_dialects.add(dialect)
+
+
+def _committing(dialect: Dialect, do_commit: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``do_commit`` followed, once the database has committed, by the publication, still inside the
+    caller's ``commit()`` (and, for async connections, inside SQLAlchemy's greenlet)."""
+
+    def do_commit_then_publish(dbapi_connection: Any) -> None:
+        info = getattr(dbapi_connection, "info", None)  # the pooled connection's, where _on_commit parks
+        try:
+            do_commit(dbapi_connection)
+        except BaseException as exc:
+            if info is not None:
+                _commit_failed(dialect, dbapi_connection, info, exc)
+            raise
+        if info is not None and _PENDING in info:
+            publish_pending(info)  # a publish failure (fallback off) reaches the caller of commit()
+
+    return do_commit_then_publish
+
+
+def _commit_failed(dialect: Dialect, dbapi_connection: Any, info: dict[Any, Any], exc: BaseException) -> None:
+    """The transaction did not commit: its writes are dropped, never published by a later fallback.
+
+    If the connection was lost during the commit, the database may have committed all the same and nobody
+    can tell; an extra invalidation costs a miss, a missing one serves stale data, so then publish.
+    """
+    pending = info.pop(_PENDING, None)
+    if pending is None or not _connection_lost(dialect, dbapi_connection, exc):
+        return
+    try:
+        publish(*pending)
+    except Exception as publish_error:  # the commit's own error is the one the caller must see
+        logger.error("could not publish invalidations for a commit of unknown outcome: %s", publish_error)
+
+
+def _connection_lost(dialect: Dialect, dbapi_connection: Any, exc: BaseException) -> bool:
+    try:
+        if not isinstance(exc, dialect.loaded_dbapi.Error):
+            return False  # only the driver's own errors can tell a lost connection
+        return bool(dialect.is_disconnect(exc, dbapi_connection, None))
+    except Exception:
+        return False
 
 
 def _on_rollback(connection: Connection) -> None:
