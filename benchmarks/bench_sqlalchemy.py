@@ -13,10 +13,17 @@ Scenarios (ratios are throughput, yokedcache / reference; a scenario passes when
                         that a hit is ONE Redis round trip (one EVALSHA whose script GETs the entry and
                         its tags' tokens, nothing else) and sends no SQL (and checks out no connection).
   query_hit_dependency  the same through a session produced by ``cached_dependency``  (≥ 5, same checks)
-  query_miss            the cached session's miss (key building, token capture, the query, store, rebuild)
-                        vs the plain query. The target "a miss costs at most 1.3× the plain query" is
-                        written as a throughput ratio: plain_time / miss_time ≥ 1 / 1.3 ≈ 0.77.
+  query_miss            the cached session's miss (key building, the lookup that also captures the tokens,
+                        the query, encoding, the store sent without waiting for its reply) vs the plain
+                        query. The target "a miss costs at most 1.3× the plain query" is written as a
+                        throughput ratio: plain_time / miss_time ≥ 1 / 1.3 ≈ 0.77. A third contender, one
+                        bare redis-py GET followed by the plain query, is the floor of any cache's miss.
   query_hit_same_session  informative (no target): one long-lived session per side instead of one per query
+  query_hit_bound       informative: the same query in a session whose ``do_orm_execute`` listener does only
+                        what no cache answering through a Session can skip — the statement's cache key, ONE
+                        bare redis-py GET, one new ``User`` in a ``Result`` — and nothing else (no tags, no
+                        decoding, no identity map). Its ratio against the plain session is the best any
+                        one-round-trip cache can reach on this machine; ours is shown beside it.
   commit_invalidation   a commit that UPDATEs the users table, with 10 and then 1,000 cached queries
                         reading it: the commit's invalidation must be ONE Redis round trip in both cases
                         (and the cached queries must all be misses afterwards). Times are informative:
@@ -59,7 +66,9 @@ import redis
 import redis.connection
 from sqlalchemy import Boolean, Integer, String, create_engine, event, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.util import immutabledict
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import compare_sync, print_scenarios, ratio, save
@@ -369,6 +378,59 @@ def scenario_same_session(bench: Bench) -> dict[str, Any]:
     }
 
 
+class BoundSession(Session):
+    """A session answering every ORM SELECT with one bare Redis GET and a new, unattached object."""
+
+
+def bound_reader(engine: Engine, redis_url: str) -> Callable[[int], User | None]:
+    client = redis.Redis.from_url(redis_url)
+    client.set("yc-bench-bound", b"x" * 120)
+    metadata = SimpleResultMetaData(["User"])
+
+    @event.listens_for(BoundSession, "do_orm_execute")
+    def answer(orm_state: Any) -> Any:
+        orm_state.statement._generate_cache_key()  # any key needs the statement's structure
+        client.get("yc-bench-bound")
+        user = User(id=0, name="", email="", active=True, score=0)
+        result: IteratorResult[Any] = IteratorResult(metadata, iter([user]))
+        result._source_supports_scalars = True  # a single-entity ORM result, as first() expects
+        result._attributes = immutabledict({"filtered": False, "is_single_entity": True})
+        return result
+
+    def read(user_id: int) -> User | None:
+        with BoundSession(engine) as session:
+            return query(session, user_id)
+
+    return read
+
+
+def scenario_bound(bench: Bench) -> dict[str, Any]:
+    ids = bench.hot_ids
+    bound = bound_reader(bench.engine, bench.redis_url)
+    ours, floor, ref = "cached session (hit)", "floor: key + 1 bare GET + new object", "plain session"
+    medians = bench.compare(
+        {
+            ours: cycling(ids, lambda i: cached_read(bench.engine, bench.cache, i)),
+            floor: cycling(ids, bound),
+            ref: cycling(ids, lambda i: plain_read(bench.engine, i)),
+        }
+    )
+    best = ratio(medians[floor], medians[ref])
+    return {
+        "name": "query_hit_bound",
+        "median_us": medians,
+        "ours": ours,
+        "reference": ref,
+        "ratio": ratio(medians[ours], medians[ref]),
+        "target": None,
+        "best_possible_ratio": best,
+        "note": (
+            f"informative: a session doing only the unavoidable part of a one-round-trip hit reaches {best}x "
+            f"the plain session here; yokedcache's hit reaches {ratio(medians[ours], medians[ref])}x"
+        ),
+    }
+
+
 def scenario_miss(bench: Bench) -> dict[str, Any]:
     cache = bench.cache
     hot = set(bench.hot_ids)
@@ -376,15 +438,23 @@ def scenario_miss(bench: Bench) -> dict[str, Any]:
     if max(10, bench.ops // 10) + bench.ops * bench.rounds + 1 > len(order):
         raise SystemExit(f"not enough distinct users for {bench.rounds} rounds of {bench.ops} misses")
     fresh = iter(order)  # every cached read is of a user never read before: a genuine miss
-    plain_ids = iter(order)  # the plain side reads the same users in the same order
-    ours, ref = "cached session (miss)", "plain session"
+    plain_ids, floor_ids = iter(order), iter(order)  # the others read the same users in the same order
+    client = redis.Redis.from_url(bench.redis_url)
+
+    def floor_read() -> None:  # the least any cache can do on a miss: one lookup, then the query
+        client.get("yc-bench-absent")
+        plain_read(bench.engine, next(floor_ids))
+
+    ours, floor, ref = "cached session (miss)", "floor: 1 bare GET + plain query", "plain session"
     before = cache.get_stats_sync()
     medians = bench.compare(
         {
             ours: lambda: cached_read(bench.engine, cache, next(fresh)),
+            floor: floor_read,
             ref: lambda: plain_read(bench.engine, next(plain_ids)),
         }
     )
+    client.close()
     hits = cache.get_stats_sync().cache_hits - before.cache_hits
     with bench.counted() as window:
         cached_read(bench.engine, cache, next(fresh))
@@ -400,10 +470,13 @@ def scenario_miss(bench: Bench) -> dict[str, Any]:
         "hits_while_timing": hits,
     }
     result["pass"] = bool(result["ratio"] >= 0.77 and hits == 0)
+    result["best_possible_ratio"] = ratio(medians[floor], medians[ref])
     slower = medians[ours] / medians[ref]
     result["note"] = (
         f"a miss takes {slower:.2f} times the plain query (target: at most 1.3 times, i.e. ratio ≥ 0.77); "
-        f"{window['requests']} Redis round trips and {window['statements']} SQL statement per miss; "
+        f"one bare Redis GET before the plain query alone takes {medians[floor] / medians[ref]:.2f} times; "
+        f"{window['requests']} Redis requests per miss (the lookup, which also captures the tokens, and the "
+        f"store, sent without waiting for its reply) and {window['statements']} SQL statement; "
         f"{hits} hits while timing"
     )
     return result
@@ -511,6 +584,7 @@ def main() -> None:
             scenario_hit(bench, "query_hit", lambda i: cached_read(engine, bench.cache, i)),
             scenario_hit(bench, "query_hit_dependency", dependency_reader(engine, bench.cache)),
             scenario_same_session(bench),
+            scenario_bound(bench),
             scenario_miss(bench),
         ]
         print_scenarios(scenarios)

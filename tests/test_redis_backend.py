@@ -266,7 +266,7 @@ def test_get_or_capture_of_garbage_is_a_miss_with_tokens(
     private_cache: YokedCache, unix_redis: PrivateRedis
 ) -> None:
     cache = private_cache
-    backend, full = cache._full("bad")
+    _, full = cache._full("bad")
     unix_redis.client().rpush(full, "not a string entry")
     value, tokens = cache.get_or_capture_sync("bad", ["a"], "D")
     assert value == "D" and tokens == cache.capture_tokens_sync(["a"])
