@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -195,3 +196,44 @@ def test_dependency_values_are_retired_by_commits_to_the_tables_they_read(
         session.commit()
     assert flags() == {"beta": True}  # the commit to yc_flags retired the cached value
     engine.dispose()
+
+
+@pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
+@pytest.mark.parametrize("caching", [True, False], ids=["caching session", "plain session"])
+def test_a_tracked_value_read_from_a_snapshot_older_than_a_commit_is_not_stored(
+    env: Env, caching: bool
+) -> None:
+    """Inside a REPEATABLE READ transaction, tokens are captured before its first statement (its snapshot),
+    never at a later read: a value computed from rows older than a commit cannot be stored."""
+    engine = env.engine.execution_options(isolation_level="REPEATABLE READ")
+
+    def rename_bob() -> None:
+        with env.plain() as writer:
+            writer.get(Author, 2).name = "robert"
+            writer.commit()
+
+    def session() -> Session:
+        from yokedcache.sqlalchemy import cache_queries
+
+        plain = Session(engine)
+        return cache_queries(plain, cache=env.cache) if caching else plain
+
+    def names(commit_in_between: bool) -> list[str]:
+        with session() as reader:
+
+            def compute() -> list[str]:
+                reader.execute(select(Label.id)).all()  # the snapshot is taken here
+                if commit_in_between:  # another thread: its SQL is no part of this computation
+                    writer = threading.Thread(target=rename_bob)
+                    writer.start()
+                    writer.join()
+                return list(reader.scalars(select(Author.name).order_by(Author.id)))
+
+            return computed(env.cache, "fn:snapshot-names", ("people",), compute)
+
+    assert names(commit_in_between=True) == ["ada", "bob"]  # what the snapshot shows
+    env.sql()
+    assert names(commit_in_between=False) == ["ada", "robert"]  # not the old value: it was not stored
+    assert env.sql() >= 1
+    assert names(commit_in_between=False) == ["ada", "robert"]  # this one was stored
+    assert env.sql() == 0

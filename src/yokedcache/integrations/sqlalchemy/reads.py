@@ -479,13 +479,16 @@ def track_cursor_read(
     connection: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
 ) -> None:
     """``before_cursor_execute``: every SELECT a tracked computation sends, in any session or connection."""
-    snapshots.on_statement(connection)
+    first = snapshots.on_statement(connection)
     frame = current_frame()
     if frame is None or not frame.safe:
         return
     start = None
     if snapshots.reads_from_snapshot(connection.engine, (connection,)):
-        # Tokens captured now may be newer than this transaction's snapshot: only start tokens will do.
+        # Tokens captured now may be newer than this transaction's snapshot: only start tokens will do,
+        # and before its first statement, now *is* its start.
+        if first and snapshots.start_tokens(connection, frame.cache) is None:
+            snapshots.capture_at_start(connection, frame.cache, first=True)
         start = snapshots.start_tokens(connection, frame.cache)
         if start is None:
             frame.safe = False

@@ -6,8 +6,10 @@ taken: tokens captured later may already reflect a commit the snapshot does not 
 would then plant old data under current tokens.
 
 So when a caching session begins a transaction at such a level on a connection that has not sent a
-statement in it yet, the tokens of every known table (plus ``table:*`` and the session's and the configured
-tables' tags) are captured in one request, before any SQL of the transaction. Misses in that transaction
+statement in it yet — or, for a plain session or connection read inside a tracked computation (``@cached``,
+``cached_dependency``), just before the transaction's first statement — the tokens of every known table
+(plus ``table:*`` and the session's and the configured tables' tags) are captured in one request, before
+the snapshot exists. Misses in that transaction
 are stored under those tokens, so any commit since the transaction began makes the store fail; a table
 whose token was not captured then is still read and returned, just not stored. Hits need nothing special:
 a hit is always checked against the *current* tokens, so it is never older than a commit that has
@@ -61,17 +63,24 @@ def on_transaction_begin(connection: Connection) -> None:
     _start_tokens.pop(connection, None)
 
 
-def on_statement(connection: Connection) -> None:
-    """Every statement (``before_cursor_execute``): from here on the transaction's snapshot exists."""
-    _unread.discard(connection)
+def on_statement(connection: Connection) -> bool:
+    """Every statement (``before_cursor_execute``): from here on the transaction's snapshot exists.
+    True if this is the transaction's first statement (the snapshot is not taken yet)."""
+    if connection in _unread:
+        _unread.discard(connection)
+        return True
+    return False
 
 
-def capture_at_start(connection: Connection, cache: YokedCache, extra_tags: Iterable[str]) -> None:
-    """A caching session began a transaction on ``connection``: capture its start tokens if it reads
-    from a snapshot not taken yet."""
+def capture_at_start(
+    connection: Connection, cache: YokedCache, extra_tags: Iterable[str] = (), *, first: bool = False
+) -> None:
+    """Capture ``connection``'s start tokens in ``cache`` if it reads from a snapshot not taken yet: when
+    a caching session begins a transaction on it, or (``first``) just before a transaction's first
+    statement runs inside a tracked computation."""
     if not reads_from_snapshot(connection.engine, (connection,)):
         return
-    if connection not in _unread:
+    if not first and connection not in _unread:
         _start_tokens[connection] = (cache, None)
         return
     tags = sorted({"table:*", *(f"table:{name}" for name in catalog().fullnames), *extra_tags})
