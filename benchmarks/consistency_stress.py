@@ -24,8 +24,10 @@ for every process on Linux).
 Read paths: ``session.query(...).first()``, ``session.get``, ``session.scalar(select(...))`` in a fresh
 caching session; a long-lived caching session committed between reads (its objects stay in the identity
 map, expired); a ``cached_dependency`` session; ``@cached(tags=[...])`` functions that read through a
-plain session, through a caching session, and (async) through a plain ``AsyncSession``; and a caching
-``AsyncSession``. The ``@cached`` functions' tags are never invalidated by anyone: what retires their
+plain session, through a caching session, and (async) through a plain ``AsyncSession``; a caching
+``AsyncSession``; and two REPEATABLE READ paths whose snapshot is taken before the row is read (a caching
+session, and ``@cached`` through a plain session), where only tokens captured at transaction start may
+be used to store. The ``@cached`` functions' tags are never invalidated by anyone: what retires their
 values is read tracking (the tables their SQL read become tags of the value). Each read also records
 whether it sent any SQL, so the figures show how many were served from the cache.
 
@@ -123,6 +125,7 @@ class World:
         self.config = config
         self.Base, self.Counter = counter_model(config.table)
         self.engine = create_engine(driver_url(config.postgres_url, "psycopg2"), pool_size=4)
+        self.snapshot_engine = self.engine.execution_options(isolation_level="REPEATABLE READ")
         self.cache = YokedCache(redis_url=config.redis_url, key_prefix=config.key_prefix)
         set_default_cache(self.cache)
         self.local = threading.local()
@@ -202,6 +205,22 @@ def read_reused_session(w: World, row: int) -> int:
         session.commit()
 
 
+def read_snapshot_session(w: World, row: int) -> int:
+    """A REPEATABLE READ caching session whose snapshot is taken before the row is read: its misses may
+    only be stored under the tokens captured when its transaction began."""
+    with cache_queries(Session(w.snapshot_engine), cache=w.cache) as session:
+        session.execute(text("SELECT 1")).all()  # never cached: the snapshot is taken here
+        return int(session.query(w.Counter).filter(w.Counter.id == row).first().value)
+
+
+@cached(tags=["stress-row:{row}"])
+def value_via_snapshot_plain_session(row: int) -> int:
+    w = world()
+    with Session(w.snapshot_engine) as session:
+        session.execute(text("SELECT 1")).all()
+        return int(session.scalar(w.value_of(row)))
+
+
 def read_dependency(w: World, row: int) -> int:
     gen = w.get_db()
     db = next(gen)
@@ -272,6 +291,8 @@ READ_PATHS: dict[str, Callable[[World, int], Awaitable[int]]] = {
     "@cached, session argument": _sync(read_via_session_argument),
     "@cached async, plain AsyncSession": lambda w, row: value_via_async_plain_session(row),
     "cached AsyncSession": read_async_caching_session,
+    "cached REPEATABLE READ session, snapshot first": _sync(read_snapshot_session),
+    "@cached, REPEATABLE READ plain session": _sync(lambda w, row: value_via_snapshot_plain_session(row)),
 }
 
 
