@@ -752,7 +752,7 @@ class YokedCache:
         # Written out rather than run as an operation generator: this is the hit path.
         backend, full = self._full(key)
         try:
-            if backend.in_process and self._plain and not self.metrics:
+            if backend.in_process and self._plain:
                 body = backend.get(full)  # no I/O: skip the coroutine of its async face
             else:
                 body = await self._acall((backend, "get", (full,)))
