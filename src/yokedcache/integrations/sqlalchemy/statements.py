@@ -23,7 +23,7 @@ import threading
 import types
 import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import Dialect
@@ -154,15 +154,15 @@ class ResultTemplate:
     filtered: bool
     requires_unique: bool
     unique_specs: tuple[tuple[str, Any], ...]  # per column: ("id"|"plain"|"uncertain"|"unhashable", type)
+    # Result metadata is immutable and shared between results (as SQLAlchemy shares a compiled statement's),
+    # so it is built once per uniquing flavour instead of on every hit.
+    _metadata: dict[bool, SimpleResultMetaData] = field(default_factory=dict, compare=False, repr=False)
 
     def result(self, rows: Sequence[Sequence[Any]], only_tuples: bool, legacy_uniquing: bool) -> Result[Any]:
         single = self.orm and self.single_entity_capable and not only_tuples
-        filters = [self._unique_filter(spec, legacy_uniquing) for spec in self.unique_specs]
-        metadata = SimpleResultMetaData(
-            list(self.keys),
-            list(self.extra) if self.extra else None,
-            _create_unique_filters=(lambda _result: filters) if self.orm else None,
-        )
+        metadata = self._metadata.get(legacy_uniquing)
+        if metadata is None:
+            metadata = self._metadata[legacy_uniquing] = self._new_metadata(legacy_uniquing)
         data: list[Any] = [row[0] for row in rows] if single else [tuple(row) for row in rows]
         result: IteratorResult[Any] = IteratorResult(metadata, iter(data))
         result._source_supports_scalars = single
@@ -171,6 +171,14 @@ class ResultTemplate:
         if self.requires_unique:
             result._unique_filter_state = (set(), _require_unique)
         return result
+
+    def _new_metadata(self, legacy_uniquing: bool) -> SimpleResultMetaData:
+        filters = [self._unique_filter(spec, legacy_uniquing) for spec in self.unique_specs]
+        return SimpleResultMetaData(
+            list(self.keys),
+            list(self.extra) if self.extra else None,
+            _create_unique_filters=(lambda _result: filters) if self.orm else None,
+        )
 
     @staticmethod
     def _unique_filter(spec: tuple[str, Any], legacy: bool) -> Any:
