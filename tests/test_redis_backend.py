@@ -311,6 +311,35 @@ def test_an_unawaited_store_survives_a_server_restart_without_hanging(prefix: st
         server.cleanup()
 
 
+def test_an_unawaited_store_to_a_stalled_server_degrades_to_one_quick_miss(prefix: str) -> None:
+    """The owed reply of a paused (SIGSTOP) server is waited for once, within the operation timeout, and
+    the next command gives up with it instead of waiting a second time."""
+    from .redis_server import RedisServer
+
+    server = RedisServer().start()
+    cache = YokedCache(redis_url=server.url, key_prefix=prefix, operation_timeout=0.3)
+    observer = redis.Redis(port=server.port)
+    try:
+        tokens = cache.capture_tokens_sync(["a"])
+        accepted = observer.info("stats")["total_connections_received"]
+        server.pause()
+        try:
+            assert cache.store_computed_sync("k", 1, tokens, ["a"], wait=False) == "sent"
+            started = time.monotonic()
+            assert cache.get_sync("k", "fallback") == "fallback"
+            elapsed = time.monotonic() - started
+        finally:
+            server.resume()
+        # 0.3 s timeout; generous for a shared machine, far below the connection timeout
+        assert elapsed < 3, elapsed
+        # the get gave up with the owed reply's timeout: it did not open a new connection to wait again
+        assert observer.info("stats")["total_connections_received"] == accepted
+    finally:
+        observer.close()
+        cache.disconnect_sync()
+        server.cleanup()
+
+
 async def test_invalidating_a_tag_on_20000_entries_is_one_constant_script_call(
     private_cache: YokedCache, counter: CommandCounter, unix_redis: PrivateRedis
 ) -> None:

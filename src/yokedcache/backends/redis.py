@@ -305,8 +305,11 @@ def _waiting_sync_pool_class() -> Any:
                         connection.read_response()
                     except _RedisResponseError as exc:  # e.g. the store script failed: it was best effort
                         logger.debug("a deferred Redis command failed: %s", exc)
-            except Exception:
-                connection.disconnect()  # a stream we can no longer trust: start afresh
+            except BaseException:
+                # A stream we can no longer trust. The error reaches the caller's command (a timeout here
+                # is a stalled server: waiting again for the command's own reply would double the stall).
+                connection.disconnect()
+                raise
 
         def _make_or_wait(self) -> Any:
             deadline = time.monotonic() + self._wait_timeout
