@@ -13,6 +13,7 @@ import pytest
 
 REDIS_URL = os.environ.get("YOKEDCACHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 POSTGRES_URL = os.environ.get("YOKEDCACHE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+MARIADB_URL = os.environ.get("YOKEDCACHE_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -36,6 +37,19 @@ def _postgres_reachable() -> str | None:
         return f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}"
 
 
+def _mariadb_reachable() -> str | None:
+    try:
+        from sqlalchemy import create_engine
+
+        engine = create_engine(MARIADB_URL, connect_args={"connect_timeout": 2})
+        with engine.connect():
+            pass
+        engine.dispose()
+        return None
+    except Exception as exc:  # pragma: no cover
+        return f"MariaDB not reachable at {MARIADB_URL}: {exc}"
+
+
 def _need(reason: str | None) -> None:
     if reason is None:
         return
@@ -54,6 +68,12 @@ def redis_url() -> str:
 def postgres_url() -> str:
     _need(_postgres_reachable())
     return POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> str:
+    _need(_mariadb_reachable())
+    return MARIADB_URL
 
 
 @pytest.fixture(autouse=True)
