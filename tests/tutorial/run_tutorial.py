@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,14 @@ def seed() -> None:
         session.flush()
         session.add_all(
             [
-                Post(title="Hello", content="short", published=True, author_id=users[0].id),
-                Post(title="Long read", content="x" * 250, published=True, author_id=users[1].id),
-                Post(title="Draft", content="wip", published=False, author_id=users[0].id),
+                # Explicit times: the tutorial orders posts by created_at, and rows added in one flush
+                # can get equal default timestamps (then their order would be the database's choice).
+                Post(title="Hello", content="short", published=True, author_id=users[0].id,
+                     created_at=datetime(2024, 1, 1, 9, 0)),
+                Post(title="Long read", content="x" * 250, published=True, author_id=users[1].id,
+                     created_at=datetime(2024, 1, 1, 10, 0)),
+                Post(title="Draft", content="wip", published=False, author_id=users[0].id,
+                     created_at=datetime(2024, 1, 1, 11, 0)),
             ]
         )
         session.commit()
