@@ -7,6 +7,7 @@ still checked out and idle: nothing but the commit itself can have published the
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -196,4 +197,45 @@ def test_a_publication_that_fails_with_fallback_off_is_raised_by_commit(
             assert label_names(plain) == ["unpublished", "sql"]  # the database commit itself went through
     finally:
         cache.disconnect_sync()
+        engine.dispose()
+
+
+class _InterruptedAfterCommit(sqlite3.Connection):
+    """A driver connection whose next ``commit()`` is interrupted right after the database committed."""
+
+    interruption: type[BaseException] | None = None
+
+    def commit(self) -> None:
+        super().commit()
+        interruption, type(self).interruption = type(self).interruption, None
+        if interruption is not None:
+            raise interruption("interrupted after the database committed")
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, RuntimeError, TimeoutError])
+def test_a_commit_interrupted_after_the_database_committed_is_published(
+    tmp_path: Any, interruption: type[BaseException]
+) -> None:
+    """Whether an interrupted commit went through is unknown to the caller, so it counts as one: an
+    ordinary exception publishes at once, an interruption when the connection goes back to the pool."""
+    database = f"sqlite:///{tmp_path}/interrupted.sqlite"
+    engine = create_engine(database, connect_args={"factory": _InterruptedAfterCommit})
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        seed(session)
+    cache = YokedCache(key_prefix=f"int{uuid.uuid4().hex[:8]}", ttl_jitter_percent=0)
+    try:
+        for _ in range(2):
+            with cache_queries(Session(engine), cache=cache) as session:
+                assert label_names(session) == SEEDED
+        with cache_queries(Session(engine), cache=cache) as writer:
+            writer.execute(update(Label).where(Label.id == 1).values(name="interrupted"))
+            _InterruptedAfterCommit.interruption = interruption
+            with pytest.raises(interruption):
+                writer.commit()
+        with Session(engine) as plain:
+            assert label_names(plain) == ["interrupted", "sql"]  # the database did commit
+        with cache_queries(Session(engine), cache=cache) as session:
+            assert label_names(session) == ["interrupted", "sql"]
+    finally:
         engine.dispose()

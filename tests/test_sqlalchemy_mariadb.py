@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import Integer, String, create_engine, select
+from sqlalchemy import Integer, String, create_engine, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -125,3 +125,33 @@ def test_cached_through_a_plain_repeatable_read_session(menv: MariaEnv) -> None:
     assert item_names() == ["anvil", "cable"]  # ...so it was not stored: computed again
     assert item_names() == ["anvil", "cable"]  # this one was stored
     assert computed == [["anvil", "rope"], ["anvil", "cable"]]
+
+
+def test_two_phase_commits_publish_before_they_return(menv: MariaEnv) -> None:
+    """XA transactions commit through ``do_commit_twophase``, not ``do_commit``: published all the same."""
+    for _ in range(2):
+        with menv.session() as session:
+            assert names(session) == ["anvil", "rope"]
+    with cache_queries(Session(menv.engine, twophase=True), cache=menv.cache) as writer:
+        item = writer.get(Item, 1)
+        assert item is not None
+        item.name = "sledge"
+        writer.commit()
+    with menv.session() as session:
+        assert names(session) == ["sledge", "rope"]
+    with menv.engine.connect() as conn:
+        transaction = conn.begin_twophase()
+        conn.execute(update(Item).where(Item.id == 2).values(name="twine"))
+        transaction.prepare()
+        transaction.commit()
+        with menv.session() as session:  # the connection is still open: the commit itself published
+            assert names(session) == ["sledge", "twine"]
+    with menv.engine.connect() as conn:
+        transaction = conn.begin_twophase()
+        conn.execute(update(Item).where(Item.id == 2).values(name="dropped"))
+        transaction.prepare()
+        transaction.rollback()
+    menv.sql()
+    with menv.session() as session:
+        assert names(session) == ["sledge", "twine"]
+    assert menv.sql() == 0  # the rolled-back XA transaction published nothing: still a hit

@@ -14,10 +14,11 @@ the engine dialect's ``do_commit``, wrapped once per dialect on its first commit
 point after the database committed and before ``commit()`` returns (SQLAlchemy has no event there), so a
 connection kept open after ``conn.commit()`` never leaves readers on stale entries. Every commit of a
 connection goes through it: ``Connection.commit()``, ``engine.begin()``, ``Session.commit()`` and their
-async forms (inside SQLAlchemy's greenlet). A failed commit publishes nothing and drops its writes, unless
-the connection was lost during it: then whether the database committed is unknown, and invalidating is the
-safe guess. The session's ``after_commit``, the connection going back to the pool and its next transaction
-still publish anything left pending. An AUTOCOMMIT connection publishes after each statement.
+async forms (inside SQLAlchemy's greenlet), and two-phase commits (``do_commit_twophase``). A commit the
+database refuses publishes nothing and drops its writes; one whose outcome is unknown (connection lost,
+caller interrupted) publishes, since invalidating is the safe guess. The session's ``after_commit``, the
+connection going back to the pool and its next transaction still publish anything left pending. An
+AUTOCOMMIT connection publishes after each statement.
 
 Which caches hear about it: every cache whose caching sessions used the same database in this process
 (:func:`register`); other processes learn through the shared backend, where the tokens live.
@@ -297,23 +298,36 @@ def _after_cursor_execute(
     _writes_of(connection, identity).write(tables)
 
 
-def _on_commit(connection: Connection) -> None:
+def _park(connection: Connection) -> bool:
+    """Move the committing transaction's written tables to the connection's pending ones (True if any)."""
     writes = _transactions.pop(connection, None)
     if writes is None:
-        return
+        return False
     tables = writes.written()
-    if tables:
-        info = connection.info
-        pending = info.get(_PENDING)
-        if pending is None:
-            info[_PENDING] = (writes.identity, tables)
-        else:
-            pending[1].update(tables)
+    if not tables:
+        return False
+    info = connection.info
+    pending = info.get(_PENDING)
+    if pending is None:
+        info[_PENDING] = (writes.identity, tables)
+    else:
+        pending[1].update(tables)
+    return True
+
+
+def _on_commit(connection: Connection) -> None:
+    if _park(connection):
         # Connection.commit() looks do_commit up only after this event, so even this commit publishes
         _publish_on_do_commit(connection.engine.dialect)
 
 
+def _on_commit_twophase(connection: Connection, xid: Any, is_prepared: bool) -> None:
+    if _park(connection):
+        _publish_on_do_commit_twophase(connection.engine.dialect)
+
+
 _publishing_dialects: weakref.WeakSet[Dialect] = weakref.WeakSet()
+_publishing_twophase_dialects: weakref.WeakSet[Dialect] = weakref.WeakSet()
 _dialect_lock = threading.Lock()
 
 
@@ -326,6 +340,29 @@ def _publish_on_do_commit(dialect: Dialect) -> None:
             return
         dialect.do_commit = _committing(dialect, dialect.do_commit)  # type: ignore[method-assign, assignment]
         _publishing_dialects.add(dialect)
+
+
+def _publish_on_do_commit_twophase(dialect: Dialect) -> None:
+    """The same for two-phase commits, which go through ``do_commit_twophase(connection, xid, ...)``."""
+    if dialect in _publishing_twophase_dialects:
+        return
+    with _dialect_lock:
+        if dialect in _publishing_twophase_dialects:
+            return
+        original = dialect.do_commit_twophase
+
+        def do_commit_twophase_then_publish(connection: Any, *args: Any, **kwargs: Any) -> None:
+            info = connection.info
+            try:
+                original(connection, *args, **kwargs)
+            except BaseException as exc:
+                _commit_failed(dialect, connection.connection, info, exc)
+                raise
+            if _PENDING in info:
+                publish_pending(info)
+
+        dialect.do_commit_twophase = do_commit_twophase_then_publish  # type: ignore[method-assign]
+        _publishing_twophase_dialects.add(dialect)
 
 
 def _committing(dialect: Dialect, do_commit: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -347,13 +384,22 @@ def _committing(dialect: Dialect, do_commit: Callable[[Any], None]) -> Callable[
 
 
 def _commit_failed(dialect: Dialect, dbapi_connection: Any, info: dict[Any, Any], exc: BaseException) -> None:
-    """The transaction did not commit: its writes are dropped, never published by a later fallback.
+    """A commit raised. Only a driver error that is not a lost connection says the database refused it:
+    then its writes are dropped, never published by a later fallback.
 
-    If the connection was lost during the commit, the database may have committed all the same and nobody
-    can tell; an extra invalidation costs a miss, a missing one serves stale data, so then publish.
+    Anything else leaves the outcome unknown — the connection was lost, or the caller was interrupted
+    (``KeyboardInterrupt``, task cancellation, a timeout that is no driver error) possibly after the database
+    committed — and an extra invalidation costs a miss where a missing one serves stale data. An ordinary
+    exception publishes now; an interruption leaves the writes pending, published when the connection goes
+    back to the pool or begins again (an interrupted caller may be unable to reach the cache right now).
     """
+    if _refused_by_database(dialect, dbapi_connection, exc):
+        info.pop(_PENDING, None)
+        return
+    if not isinstance(exc, Exception):
+        return
     pending = info.pop(_PENDING, None)
-    if pending is None or not _connection_lost(dialect, dbapi_connection, exc):
+    if pending is None:
         return
     try:
         publish(*pending)
@@ -361,16 +407,20 @@ def _commit_failed(dialect: Dialect, dbapi_connection: Any, info: dict[Any, Any]
         logger.error("could not publish invalidations for a commit of unknown outcome: %s", publish_error)
 
 
-def _connection_lost(dialect: Dialect, dbapi_connection: Any, exc: BaseException) -> bool:
+def _refused_by_database(dialect: Dialect, dbapi_connection: Any, exc: BaseException) -> bool:
     try:
         if not isinstance(exc, dialect.loaded_dbapi.Error):
-            return False  # only the driver's own errors can tell a lost connection
-        return bool(dialect.is_disconnect(exc, dbapi_connection, None))
+            return False  # only the driver's own errors say what the database did
+        return not dialect.is_disconnect(exc, dbapi_connection, None)
     except Exception:
         return False
 
 
 def _on_rollback(connection: Connection) -> None:
+    _transactions.pop(connection, None)
+
+
+def _on_rollback_twophase(connection: Connection, xid: Any, is_prepared: bool) -> None:
     _transactions.pop(connection, None)
 
 
@@ -422,7 +472,9 @@ def install() -> None:
             return
         event.listen(Engine, "after_cursor_execute", _after_cursor_execute)
         event.listen(Engine, "commit", _on_commit)
+        event.listen(Engine, "commit_twophase", _on_commit_twophase)
         event.listen(Engine, "rollback", _on_rollback)
+        event.listen(Engine, "rollback_twophase", _on_rollback_twophase)
         event.listen(Engine, "savepoint", _on_savepoint)
         event.listen(Engine, "release_savepoint", _on_release_savepoint)
         event.listen(Engine, "rollback_savepoint", _on_rollback_savepoint)
