@@ -237,3 +237,27 @@ def test_a_tracked_value_read_from_a_snapshot_older_than_a_commit_is_not_stored(
     assert env.sql() >= 1
     assert names(commit_in_between=False) == ["ada", "robert"]  # this one was stored
     assert env.sql() == 0
+
+
+@pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
+def test_a_snapshot_older_than_another_read_of_the_same_table_makes_the_value_unstorable(env: Env) -> None:
+    """A computation reads a table through a fresh session (today's token), then from a REPEATABLE READ
+    transaction that began before a commit (its start token): the two tokens differ, so the value mixes
+    both sides of the commit and is not stored, whichever token came first."""
+    older = Session(env.engine.execution_options(isolation_level="REPEATABLE READ"))
+    try:
+        # its first statement runs inside a computation: start tokens captured, then the snapshot taken
+        computed(env.cache, "fn:open-snapshot", (), lambda: older.execute(select(Label.id)).all())
+        with env.plain() as writer:
+            writer.get(Author, 2).name = "robert"
+            writer.commit()
+
+        def mixed() -> list[str]:
+            with env.plain() as fresh:
+                fresh.execute(select(Author.id)).all()
+            return list(older.scalars(select(Author.name).order_by(Author.id)))
+
+        assert computed(env.cache, "fn:mixed", ("people",), mixed) == ["ada", "bob"]  # the snapshot's rows
+        assert env.cache.get_sync("fn:mixed", MISSING) is MISSING  # not stored
+    finally:
+        older.close()

@@ -45,12 +45,20 @@ class ReadFrame:
         return [tag for tag in tags if tag not in self.tokens]
 
     def add(self, tags: Sequence[str], tokens: Sequence[str] | None) -> None:
-        """Record tags with tokens captured before the read (``None``: backend down, frame unsafe)."""
+        """Record tags with tokens captured before the read (``None``: backend down, frame unsafe).
+
+        Two different tokens for one tag mean the tag was invalidated between the two captures, so the
+        value mixes data from both sides of a commit: it cannot be stored. (Which capture came first is
+        not always known — a snapshot transaction's tokens date from its start — so neither may win.)
+        """
         if tokens is None:
             self.safe = False
             return
+        known = self.tokens
         for tag, token in zip(tags, tokens):
-            self.tokens.setdefault(tag, token)
+            found = known.setdefault(tag, token)
+            if found != token:
+                self.safe = False
 
     def merge_into(
         self, tags: Sequence[str], tokens: Sequence[str] | None
@@ -58,6 +66,8 @@ class ReadFrame:
         """The value's own tags and tokens plus the frame's; tokens ``None`` means "do not store"."""
         if tokens is None or not self.safe:
             return tuple(tags), None
+        if any(self.tokens.get(tag, token) != token for tag, token in zip(tags, tokens)):
+            return tuple(tags), None  # a tag invalidated between the value's capture and a read's
         extra = sorted(tag for tag in self.tokens if tag not in tags)
         return (*tags, *extra), [*tokens, *(self.tokens[tag] for tag in extra)]
 
@@ -67,8 +77,7 @@ class ReadFrame:
             self.safe = self.safe and not inner.tokens and inner.safe
             return
         self.safe = self.safe and inner.safe
-        for tag, token in inner.tokens.items():
-            self.tokens.setdefault(tag, token)
+        self.add(list(inner.tokens), list(inner.tokens.values()))
 
 
 _current: ContextVar[ReadFrame | None] = ContextVar("yokedcache_read_frame", default=None)

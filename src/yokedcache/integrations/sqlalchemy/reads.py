@@ -466,12 +466,12 @@ def record_read(
         frame.safe = False
         return
     writes.register(engine, frame.cache)  # so this database's commits reach the frame's cache
-    missing = frame.missing(["table:*", *(f"table:{t}" for t in sorted(tables))])
-    if not missing:
+    tags = ["table:*", *(f"table:{t}" for t in sorted(tables))]
+    if start is not None:  # all of them: a start token differing from an earlier capture makes it unsafe
+        frame.add(tags, _listed(snapshots.tokens_for(start, tags), tags))
         return
-    if start is not None:
-        frame.add(missing, _listed(snapshots.tokens_for(start, missing), missing))
-    else:
+    missing = frame.missing(tags)
+    if missing:
         frame.add(missing, bridge.capture_tokens(frame.cache, missing, frame.key))
 
 
