@@ -424,16 +424,60 @@ SNAPSHOT_LEVELS = ["REPEATABLE READ", "SERIALIZABLE"]
 
 
 @pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
-@pytest.mark.parametrize("level", SNAPSHOT_LEVELS)
-def test_snapshot_transactions_are_cached(env: Env, level: str) -> None:
+def test_repeatable_read_transactions_are_cached(env: Env) -> None:
     """Tokens are captured when the transaction begins: its misses are stored and later reads hit."""
     from yokedcache.sqlalchemy import cache_queries
 
-    engine = env.engine.execution_options(isolation_level=level)
+    engine = env.engine.execution_options(isolation_level="REPEATABLE READ")
     for _ in range(3):
         with cache_queries(Session(engine), cache=env.cache) as session:
             assert len(session.execute(select(Label)).scalars().all()) == 2
     assert env.sql() == 1
+
+
+@pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
+def test_serializable_transactions_read_the_database_and_store_for_others(env: Env) -> None:
+    """The database must see a SERIALIZABLE transaction's reads to detect conflicts, so it is never served
+    from the cache; what it reads is stored (under its start tokens) for other transactions."""
+    from yokedcache.sqlalchemy import cache_queries
+
+    engine = env.engine.execution_options(isolation_level="SERIALIZABLE")
+    for _ in range(2):
+        with cache_queries(Session(engine), cache=env.cache) as session:
+            assert len(session.execute(select(Label)).scalars().all()) == 2
+    assert env.sql() == 2
+    with env.session() as session:  # READ COMMITTED
+        assert len(session.execute(select(Label)).scalars().all()) == 2
+    assert env.sql() == 0
+
+
+@pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
+def test_serializable_write_skew_is_still_detected(env: Env) -> None:
+    """Two SERIALIZABLE transactions each read both labels, then rename a different one based on what they
+    read: PostgreSQL must abort one of them. Were their reads cache hits, it could not see them."""
+    from sqlalchemy import exc, update
+
+    from yokedcache.sqlalchemy import cache_queries
+
+    engine = env.engine.execution_options(isolation_level="SERIALIZABLE")
+    statement = select(Label).where(Label.name.in_(["python", "sql"]))
+    with cache_queries(Session(engine), cache=env.cache) as warm:
+        warm.execute(statement).scalars().all()
+    with env.session() as warm:
+        assert len(warm.execute(statement).scalars().all()) == 2  # a live entry, were anyone to use it
+    first = cache_queries(Session(engine), cache=env.cache)
+    second = cache_queries(Session(engine), cache=env.cache)
+    try:
+        assert len(first.execute(statement).scalars().all()) == 2
+        assert len(second.execute(statement).scalars().all()) == 2
+        first.execute(update(Label).where(Label.id == 1).values(name="gone"))
+        second.execute(update(Label).where(Label.id == 2).values(name="gone too"))
+        first.commit()
+        with pytest.raises(exc.OperationalError, match="serializ"):
+            second.commit()
+    finally:
+        first.close()
+        second.close()
 
 
 @pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)

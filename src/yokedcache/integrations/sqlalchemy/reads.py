@@ -3,10 +3,11 @@
 **Bypass** (the statement runs exactly as without caching) for: non-SELECTs; ``execution_options(
 yokedcache=False)``; refresh and column loads, lazy and other relationship loads; ``populate_existing``;
 ``yield_per``/streaming; ``FOR UPDATE``; sharded identities; a snapshot transaction (REPEATABLE READ,
-SERIALIZABLE) whose tokens could not be captured at its start (see ``snapshots.py``); statements whose
-shape is uncacheable (volatile SQL functions, no tables, ``text()`` reading unknown tables, bundles); with
-``table_name``, statements not reading it; statements reading a table this transaction has written and
-not committed; parameters of a type without a canonical encoding.
+SERIALIZABLE) whose tokens could not be captured at its start (see ``snapshots.py``; a SERIALIZABLE one
+is never served hits, only stores); statements whose shape is uncacheable (volatile SQL functions, no
+tables, ``text()`` reading unknown tables, bundles); with ``table_name``, statements not reading it;
+statements reading a table this transaction has written and not committed; parameters of a type without a
+canonical encoding.
 
 Pending changes are flushed first when autoflush would flush them anyway, so they count as written.
 
@@ -223,12 +224,15 @@ def _plan(caching: Any, orm_state: ORMExecuteState) -> _Read | None:
     bind = session.get_bind(**orm_state.bind_arguments)
     cache = caching.resolve_cache()
     start: dict[str, str] | None = None
+    serve_hits = True
     if snapshots.reads_from_snapshot(bind, caching.connections):
         connection = session.connection(bind_arguments=orm_state.bind_arguments)  # begins: start tokens
-        if snapshots.reads_from_snapshot(connection.engine, (connection,)):
+        level = snapshots.snapshot_level(connection.engine, (connection,))
+        if level is not None:
             start = snapshots.start_tokens(connection, cache)
             if start is None:
                 return None  # the snapshot was taken before we could capture tokens: run it plainly
+            serve_hits = level != "SERIALIZABLE"  # the database must see a serializable read
     cache_key = _cache_key(statement)
     if cache_key is None:
         return None
@@ -249,7 +253,7 @@ def _plan(caching: Any, orm_state: ORMExecuteState) -> _Read | None:
     except UnknownParameter as exc:
         logger.debug("not caching a query with a parameter of unknown type: %s", exc)
         return None
-    return _Read(caching, orm_state, cache, shape, key, engine, overrides, start)
+    return _Read(caching, orm_state, cache, shape, key, engine, overrides, start, serve_hits)
 
 
 # --- serving ---------------------------------------------------------------------------------------------
@@ -268,6 +272,7 @@ class _Read:
         engine: Any,
         overrides: dict[str, Any],
         start: dict[str, str] | None,
+        serve_hits: bool = True,
     ) -> None:
         self.caching = caching
         self.orm_state = orm_state
@@ -277,6 +282,7 @@ class _Read:
         self.engine = engine
         self.overrides = overrides
         self.start = start  # tokens captured when this snapshot transaction began (else None)
+        self.serve_hits = serve_hits
 
     def serve(self) -> Result[Any]:
         started = time.perf_counter()
@@ -287,7 +293,9 @@ class _Read:
             else:
                 record_read(frame, self.shape.tables, self.engine, self.start)
         tags, ttl, serialization, compress = self._settings()
-        if self.start is None:
+        if not self.serve_hits:
+            payload, tokens = _MISSING, None
+        elif self.start is None:
             payload, tokens = bridge.cache_get_or_capture(self.cache, self.key, tags, _MISSING)
         else:
             payload, tokens = bridge.cache_get(self.cache, self.key, _MISSING), None

@@ -11,9 +11,12 @@ statement in it yet — or, for a plain session or connection read inside a trac
 (plus ``table:*`` and the session's and the configured tables' tags) are captured in one request, before
 the snapshot exists. Misses in that transaction
 are stored under those tokens, so any commit since the transaction began makes the store fail; a table
-whose token was not captured then is still read and returned, just not stored. Hits need nothing special:
-a hit is always checked against the *current* tokens, so it is never older than a commit that has
-returned (it may be newer than the snapshot, as a read of another connection would be).
+whose token was not captured then is still read and returned, just not stored. Hits need nothing special
+under REPEATABLE READ: a hit is always checked against the *current* tokens, so it is never older than a
+commit that has returned (it may be newer than the snapshot, as a read of another connection would be).
+A SERIALIZABLE transaction is never served from the cache: the database must see its reads to detect
+conflicts between transactions (PostgreSQL's serialization failures, InnoDB's shared locks); its results
+are still stored, under its start tokens, for other readers.
 
 A connection whose transaction already ran a statement before the session joined it (its snapshot is
 taken, at an unknown moment) gets no start tokens, and its reads are not cached.
@@ -41,9 +44,12 @@ _start_tokens: weakref.WeakKeyDictionary[Connection, tuple[YokedCache, dict[str,
 )
 
 
-def reads_from_snapshot(bind: Any, connections: Iterable[Any] = ()) -> bool:
-    """True under REPEATABLE READ/SERIALIZABLE (SQLite's nominal SERIALIZABLE default excepted: pysqlite
-    runs reads outside ``BEGIN``, so each statement sees the latest commit)."""
+def snapshot_level(bind: Any, connections: Iterable[Any] = ()) -> str | None:
+    """``"REPEATABLE READ"``, ``"SERIALIZABLE"`` or ``"SNAPSHOT"`` when reads come from a snapshot (the most
+    specific setting wins: connection, then engine, then the dialect's), ``None`` otherwise. SQLite's
+    nominal SERIALIZABLE default is excepted: pysqlite runs reads outside ``BEGIN``, so each statement sees
+    the latest commit. ``"UNKNOWN"`` while the dialect has not connected yet (treated as a snapshot until
+    the connection tells)."""
     dialect = bind.dialect
     levels = [c.get_execution_options().get("isolation_level") for c in connections]
     levels.append(bind.get_execution_options().get("isolation_level"))
@@ -52,9 +58,17 @@ def reads_from_snapshot(bind: Any, connections: Iterable[Any] = ()) -> bool:
     if not configured and dialect.name != "sqlite":
         default = getattr(dialect, "default_isolation_level", None)
         if default is None:
-            return True  # the dialect has not connected yet: decide once it has
+            return "UNKNOWN"
         configured = [default]
-    return any(str(level).upper() in _SNAPSHOT_LEVELS for level in configured)
+    for level in configured:
+        spelled = str(level).upper()
+        if spelled in _SNAPSHOT_LEVELS:
+            return spelled
+    return None
+
+
+def reads_from_snapshot(bind: Any, connections: Iterable[Any] = ()) -> bool:
+    return snapshot_level(bind, connections) is not None
 
 
 def on_transaction_begin(connection: Connection) -> None:
