@@ -272,6 +272,28 @@ def test_get_or_capture_of_garbage_is_a_miss_with_tokens(
     assert value == "D" and tokens == cache.capture_tokens_sync(["a"])
 
 
+def test_a_corrupted_token_is_a_miss_never_an_error(
+    private_cache: YokedCache, unix_redis: PrivateRedis
+) -> None:
+    """A token key holding bytes that are not ours: reads and captures go on, nothing is stored under
+    it, and the next invalidation of the tag heals it."""
+    cache = private_cache
+    cache.capture_tokens_sync(["a"])
+    token_key = next(k for k in unix_redis.client().keys("*") if k.endswith(b":t:a"))
+    unix_redis.client().set(token_key, b"\xff\xfe")
+
+    value, tokens = cache.get_or_capture_sync("k", ["a"], "D")
+    assert value == "D" and tokens is not None
+    assert cache.capture_tokens_sync(["a"]) == tokens
+    assert cache.store_computed_sync("k", 1, tokens, ["a"]) == "stale"  # never stored under garbage
+    assert cache.get_sync("k", "absent") == "absent"
+
+    cache.invalidate_tags_sync("a")
+    tokens = cache.capture_tokens_sync(["a"])
+    assert cache.store_computed_sync("k", 2, tokens, ["a"]) == "stored"
+    assert cache.get_sync("k") == 2
+
+
 def test_an_unawaited_store_is_checked_and_seen_by_the_next_read(
     private_cache: YokedCache, counter: CommandCounter
 ) -> None:

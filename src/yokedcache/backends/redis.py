@@ -165,10 +165,17 @@ def _body(frame: bytes | None) -> bytes | None:
     return frame if end < 0 else frame[end + 1 :]
 
 
+def _token(raw: bytes) -> str:
+    """A token as read from Redis. Ours are ASCII; a corrupted one must not raise (garbage is a miss):
+    latin-1 decodes any bytes, and a token that is not ASCII never matches when sent back as UTF-8, so a
+    value captured under it is simply not stored until an invalidation replaces it."""
+    return raw.decode("latin-1")
+
+
 def _frame_or_tokens(found: Any) -> tuple[bytes | None, list[str] | None]:
     """The GET script's answer when tags were passed: a live entry's frame, or the tags' tokens."""
     if isinstance(found, list):
-        return None, [token.decode() for token in found]
+        return None, [_token(raw) for raw in found]
     return _body(found), None
 
 
@@ -608,7 +615,7 @@ class RedisBackend(Backend):
             return []
         _, scripts = self._sync_client()
         with _transport(self.redis_url):
-            return [t.decode() for t in scripts["CAPTURE"](args=self._capture_args(tags))]
+            return [_token(raw) for raw in scripts["CAPTURE"](args=self._capture_args(tags))]
 
     def set(
         self, items: Sequence[tuple[str, bytes, int]], tags: Sequence[str], tokens: Sequence[str] | None
@@ -877,7 +884,7 @@ class RedisBackend(Backend):
             return []
         _, scripts = self._async_client()
         async with self._aguard():
-            return [t.decode() for t in await scripts["CAPTURE"](args=self._capture_args(tags))]
+            return [_token(raw) for raw in await scripts["CAPTURE"](args=self._capture_args(tags))]
 
     async def aset(
         self, items: Sequence[tuple[str, bytes, int]], tags: Sequence[str], tokens: Sequence[str] | None
