@@ -554,3 +554,43 @@ def test_table_compression_applies_to_cached_queries(tmp_path: Any) -> None:
     metas = [cache.get_meta_sync(key) for key in keys]
     assert all(meta is not None and meta["compressed"] for meta in metas), metas
     engine.dispose()
+
+
+@pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
+def test_a_snapshot_opened_by_a_raw_driver_statement_is_not_trusted(env: Env) -> None:
+    """A pre-ping that runs ``SELECT 1`` on the raw driver connection (the default ``do_ping``, used by
+    drivers without their own) opens the transaction, and at REPEATABLE READ its snapshot, before the
+    transaction "begins". A commit landing just after it must not be stored under later tokens."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.engine.default import DefaultDialect
+
+    from yokedcache.sqlalchemy import cache_queries
+
+    url = env.engine.url
+    options = {"connect_args": {"options": f"-csearch_path={env.engine.dialect.default_schema_name}"}}
+    engine = create_engine(url, isolation_level="REPEATABLE READ", pool_pre_ping=True, **options)
+    engine.dialect.do_ping = DefaultDialect.do_ping.__get__(engine.dialect)  # type: ignore[method-assign]
+    armed = [False]
+
+    @event.listens_for(engine, "checkout")
+    def commit_after_the_ping(*args: Any) -> None:  # another process commits in that window
+        if armed[0]:
+            armed[0] = False
+            with env.session() as writer:
+                writer.get(Label, 1).name = "renamed"
+                writer.commit()
+
+    try:
+        with Session(engine) as session:
+            session.execute(select(Label.id)).all()  # one pooled connection, pinged at each checkout
+        armed[0] = True
+        with cache_queries(Session(engine), cache=env.cache) as reader:
+            assert [label.name for label in reader.scalars(select(Label).order_by(Label.id))] == [
+                "python", "sql",
+            ]  # the snapshot predates the commit
+        with cache_queries(Session(engine), cache=env.cache) as session:
+            assert [label.name for label in session.scalars(select(Label).order_by(Label.id))] == [
+                "renamed", "sql",
+            ]
+    finally:
+        engine.dispose()

@@ -94,12 +94,30 @@ def capture_at_start(
     statement runs inside a tracked computation."""
     if not reads_from_snapshot(connection.engine, (connection,)):
         return
-    if not first and connection not in _unread:
+    if (not first and connection not in _unread) or _driver_in_transaction(connection):
         _start_tokens[connection] = (cache, None)
         return
     tags = sorted({"table:*", *(f"table:{name}" for name in catalog().fullnames), *extra_tags})
     tokens = bridge.capture_tokens(cache, tags, "snapshot")
     _start_tokens[connection] = (cache, None if tokens is None else dict(zip(tags, tokens)))
+
+
+def _driver_in_transaction(connection: Connection) -> bool:
+    """Does the driver already hold an open transaction (so its snapshot may exist)? Statements sent on
+    the raw driver connection pass no SQLAlchemy event: the default pre-ping's ``SELECT 1``, for one,
+    opens a transaction on drivers that begin implicitly (pg8000), before the transaction "begins"."""
+    try:
+        driver = connection.connection.dbapi_connection
+    except Exception:
+        return False
+    status = getattr(driver, "get_transaction_status", None)  # psycopg2: 0 is idle
+    if callable(status):
+        return bool(status() != 0)
+    state = getattr(getattr(driver, "info", None), "transaction_status", None)  # psycopg 3: 0 is idle
+    if state is not None:
+        return int(state) != 0
+    flag = getattr(driver, "in_transaction", None)  # sqlite3, pg8000
+    return flag is True
 
 
 def start_tokens(connection: Connection, cache: YokedCache) -> dict[str, str] | None:
