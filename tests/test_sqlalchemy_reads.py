@@ -594,3 +594,43 @@ def test_a_snapshot_opened_by_a_raw_driver_statement_is_not_trusted(env: Env) ->
             ]
     finally:
         engine.dispose()
+
+
+def test_sqlite_in_wal_mode_inside_an_explicit_transaction_stores_only_under_start_tokens(
+    tmp_path: Any,
+) -> None:
+    """With SQLAlchemy's BEGIN recipe, a WAL database gives each transaction a snapshot at its first read
+    while other connections commit: a later miss in it must not store the snapshot's rows as current."""
+    from sqlalchemy import create_engine
+
+    from yokedcache import YokedCache
+    from yokedcache.sqlalchemy import cache_queries
+
+    from .test_sqlalchemy_support import Base, seed, sqlite_savepoints
+
+    url = f"sqlite:///{tmp_path}/wal.sqlite"
+    setup = create_engine(url)
+    with setup.connect() as conn:
+        conn.exec_driver_sql("PRAGMA journal_mode=WAL")  # kept by the database file
+    setup.dispose()
+    engine = sqlite_savepoints(create_engine(url))
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        seed(session)
+        session.commit()
+    cache = YokedCache(key_prefix="wal", ttl_jitter_percent=0)
+    try:
+        with cache_queries(Session(engine), cache=cache) as reader:
+            reader.execute(select(Author.id)).all()  # the snapshot starts at this first read
+            with cache_queries(Session(engine), cache=cache) as writer:
+                writer.get(Label, 1).name = "renamed"
+                writer.commit()
+            assert [label.name for label in reader.scalars(select(Label).order_by(Label.id))] == [
+                "python", "sql",
+            ]
+        with cache_queries(Session(engine), cache=cache) as session:
+            assert [label.name for label in session.scalars(select(Label).order_by(Label.id))] == [
+                "renamed", "sql",
+            ]
+    finally:
+        engine.dispose()

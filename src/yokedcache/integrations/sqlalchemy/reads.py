@@ -487,7 +487,7 @@ def track_cursor_read(
     connection: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
 ) -> None:
     """``before_cursor_execute``: every SELECT a tracked computation sends, in any session or connection."""
-    first = snapshots.on_statement(connection)
+    first = snapshots.on_statement(connection, statement)
     frame = current_frame()
     if frame is None or not frame.safe:
         return

@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection
 from ...policy.cache import YokedCache
 from . import bridge
 from .catalog import catalog
+from .writes import raw_statement_kind, written_tables
 
 _SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT"})
 
@@ -51,6 +52,7 @@ def snapshot_level(bind: Any, connections: Iterable[Any] = ()) -> str | None:
     the latest commit. ``"UNKNOWN"`` while the dialect has not connected yet (treated as a snapshot until
     the connection tells)."""
     dialect = bind.dialect
+    connections = list(connections)
     levels = [c.get_execution_options().get("isolation_level") for c in connections]
     levels.append(bind.get_execution_options().get("isolation_level"))
     levels.append(getattr(dialect, "_on_connect_isolation_level", None))
@@ -64,7 +66,24 @@ def snapshot_level(bind: Any, connections: Iterable[Any] = ()) -> str | None:
         spelled = str(level).upper()
         if spelled in _SNAPSHOT_LEVELS:
             return spelled
-    return None
+    # Inside an explicit transaction (BEGIN emitted, as SQLAlchemy's recipe for SAVEPOINT support does, or
+    # Python 3.12's autocommit=False) SQLite in WAL mode reads from a snapshot taken at the first read,
+    # while other connections go on committing. Once the transaction has written, it holds the database's
+    # only write lock (and got it only if no commit had happened since its snapshot), so nobody else can
+    # commit until it ends.
+    sqlite_snapshot = (
+        dialect.name == "sqlite"
+        and any(_sqlite_transaction_open(c) for c in connections)
+        and not written_tables(connections)
+    )
+    return "SNAPSHOT" if sqlite_snapshot else None
+
+
+def _sqlite_transaction_open(connection: Any) -> bool:
+    try:
+        return getattr(connection.connection.dbapi_connection, "in_transaction", None) is True
+    except Exception:
+        return False
 
 
 def reads_from_snapshot(bind: Any, connections: Iterable[Any] = ()) -> bool:
@@ -77,10 +96,11 @@ def on_transaction_begin(connection: Connection) -> None:
     _start_tokens.pop(connection, None)
 
 
-def on_statement(connection: Connection) -> bool:
-    """Every statement (``before_cursor_execute``): from here on the transaction's snapshot exists.
-    True if this is the transaction's first statement (the snapshot is not taken yet)."""
-    if connection in _unread:
+def on_statement(connection: Connection, statement: str) -> bool:
+    """Every statement (``before_cursor_execute``): from the first one that is not transaction control
+    (``BEGIN``, ``SAVEPOINT``, ``SET``...: none takes a snapshot) the transaction's snapshot exists. True
+    for that first statement (the snapshot is not taken yet)."""
+    if connection in _unread and raw_statement_kind(statement) != "neutral":
         _unread.discard(connection)
         return True
     return False
@@ -110,6 +130,8 @@ def _driver_in_transaction(connection: Connection) -> bool:
         driver = connection.connection.dbapi_connection
     except Exception:
         return False
+    if connection.dialect.name == "sqlite":
+        return False  # BEGIN DEFERRED takes no snapshot; SQLite's first read does (see snapshot_level)
     status = getattr(driver, "get_transaction_status", None)  # psycopg2: 0 is idle
     if callable(status):
         return bool(status() != 0)
