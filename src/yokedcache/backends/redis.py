@@ -275,8 +275,6 @@ def _waiting_sync_pool_class() -> Any:
             self._freed = threading.Condition()
             self._waiters = 0
             self._wait_timeout = wait_timeout
-            # Connections sent a command whose reply nobody waited for: (socket it went on, how many).
-            self._owed: dict[Any, tuple[Any, int]] = {}
 
         def get_connection(self, *args: Any, **kwargs: Any) -> Any:
             self._checkpid()
@@ -293,6 +291,12 @@ def _waiting_sync_pool_class() -> Any:
                 self.release(connection)
                 raise
             return connection
+
+        def reset(self) -> None:
+            super().reset()
+            # Connections sent a command whose reply nobody waited for: (socket it went on, how many). A fork
+            # or a reset leaves the old connections behind, and what they owed with them.
+            self._owed: dict[Any, tuple[Any, int]] = {}
 
         def owe_reply(self, connection: Any) -> None:
             """``connection`` was sent a command and handed back before its reply was read: the reply is

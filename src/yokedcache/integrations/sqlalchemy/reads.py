@@ -496,7 +496,7 @@ def track_cursor_read(
         # Tokens captured now may be newer than this transaction's snapshot: only start tokens will do,
         # and before its first statement, now *is* its start.
         if first and snapshots.start_tokens(connection, frame.cache) is None:
-            snapshots.capture_at_start(connection, frame.cache, first=True)
+            snapshots.capture_at_start(connection, frame.cache, first=True, key=frame.key)
         start = snapshots.start_tokens(connection, frame.cache)
         if start is None:
             frame.safe = False

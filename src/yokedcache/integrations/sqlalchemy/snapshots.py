@@ -107,7 +107,12 @@ def on_statement(connection: Connection, statement: str) -> bool:
 
 
 def capture_at_start(
-    connection: Connection, cache: YokedCache, extra_tags: Iterable[str] = (), *, first: bool = False
+    connection: Connection,
+    cache: YokedCache,
+    extra_tags: Iterable[str] = (),
+    *,
+    first: bool = False,
+    key: str = "sql:snapshot",
 ) -> None:
     """Capture ``connection``'s start tokens in ``cache`` if it reads from a snapshot not taken yet: when
     a caching session begins a transaction on it, or (``first``) just before a transaction's first
@@ -118,7 +123,7 @@ def capture_at_start(
         _start_tokens[connection] = (cache, None)
         return
     tags = sorted({"table:*", *(f"table:{name}" for name in catalog().fullnames), *extra_tags})
-    tokens = bridge.capture_tokens(cache, tags, "snapshot")
+    tokens = bridge.capture_tokens(cache, tags, key)  # the key routes to the backend its values go to
     _start_tokens[connection] = (cache, None if tokens is None else dict(zip(tags, tokens)))
 
 
