@@ -634,3 +634,34 @@ def test_sqlite_in_wal_mode_inside_an_explicit_transaction_stores_only_under_sta
             ]
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
+def test_a_hit_in_a_repeatable_read_transaction_is_one_round_trip(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start tokens are captured by the transaction's first cached read, in the request of its lookup
+    (or before any other first statement): the first hit costs no extra request."""
+    import redis.connection
+
+    from yokedcache.sqlalchemy import cache_queries
+
+    sent = [0]
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(connection: Any, command: Any, check_health: bool = True) -> None:
+        sent[0] += 1
+        original(connection, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    engine = env.engine.execution_options(isolation_level="REPEATABLE READ")
+    statement = select(Label).order_by(Label.id)
+    with cache_queries(Session(engine), cache=env.cache) as session:
+        session.execute(statement).scalars().all()  # a miss: stored under the start tokens
+    assert env.sql() == 1
+    with cache_queries(Session(engine), cache=env.cache) as session:
+        for _ in range(2):
+            before = sent[0]
+            assert [label.name for label in session.execute(statement).scalars()] == ["python", "sql"]
+            assert sent[0] - before == 1
+    assert env.sql() == 0

@@ -223,16 +223,16 @@ def _plan(caching: Any, orm_state: ORMExecuteState) -> _Read | None:
         session._autoflush()  # what executing would do next anyway; then the changes count as writes
     bind = session.get_bind(**orm_state.bind_arguments)
     cache = caching.resolve_cache()
-    start: dict[str, str] | None = None
-    serve_hits = True
+    snapshot: _Snapshot | None = None
     if snapshots.reads_from_snapshot(bind, caching.connections):
-        connection = session.connection(bind_arguments=orm_state.bind_arguments)  # begins: start tokens
+        connection = session.connection(bind_arguments=orm_state.bind_arguments)  # begins the transaction
         level = snapshots.snapshot_level(connection.engine, (connection,))
         if level is not None:
-            start = snapshots.start_tokens(connection, cache)
-            if start is None:
-                return None  # the snapshot was taken before we could capture tokens: run it plainly
-            serve_hits = level != "SERIALIZABLE"  # the database must see a serializable read
+            snapshot = _Snapshot(connection, level, snapshots.start_tokens(connection, cache))
+            if snapshot.start is None:
+                snapshot.awaited = snapshots.awaiting(connection, cache)
+                if snapshot.awaited is None:
+                    return None  # its snapshot was taken before tokens could be captured: run it plainly
     cache_key = _cache_key(statement)
     if cache_key is None:
         return None
@@ -253,10 +253,23 @@ def _plan(caching: Any, orm_state: ORMExecuteState) -> _Read | None:
     except UnknownParameter as exc:
         logger.debug("not caching a query with a parameter of unknown type: %s", exc)
         return None
-    return _Read(caching, orm_state, cache, shape, key, engine, overrides, start, serve_hits)
+    return _Read(caching, orm_state, cache, shape, key, engine, overrides, snapshot)
 
 
 # --- serving ---------------------------------------------------------------------------------------------
+
+
+class _Snapshot:
+    """A read in a transaction that reads from a snapshot: its start tokens, or the tags whose tokens are
+    still to be captured as such (no statement has run yet), and whether hits may be served."""
+
+    __slots__ = ("awaited", "connection", "serve_hits", "start")
+
+    def __init__(self, connection: Any, level: str, start: dict[str, str] | None) -> None:
+        self.connection = connection
+        self.start = start
+        self.awaited: list[str] | None = None
+        self.serve_hits = level != "SERIALIZABLE"  # the database must see a serializable read
 
 
 class _Read:
@@ -271,8 +284,7 @@ class _Read:
         key: str,
         engine: Any,
         overrides: dict[str, Any],
-        start: dict[str, str] | None,
-        serve_hits: bool = True,
+        snapshot: _Snapshot | None,
     ) -> None:
         self.caching = caching
         self.orm_state = orm_state
@@ -281,8 +293,12 @@ class _Read:
         self.key = key
         self.engine = engine
         self.overrides = overrides
-        self.start = start  # tokens captured when this snapshot transaction began (else None)
-        self.serve_hits = serve_hits
+        self.snapshot = snapshot  # set when the transaction reads from a snapshot
+
+    @property
+    def start(self) -> dict[str, str] | None:
+        """Tokens captured before this snapshot transaction's first statement (else None)."""
+        return None if self.snapshot is None else self.snapshot.start
 
     def serve(self) -> Result[Any]:
         started = time.perf_counter()
@@ -293,23 +309,49 @@ class _Read:
             else:
                 record_read(frame, self.shape.tables, self.engine, self.start)
         tags, ttl, serialization, compress = self._settings()
-        if not self.serve_hits:
-            payload, tokens = _MISSING, None
-        elif self.start is None:
-            payload, tokens = bridge.cache_get_or_capture(self.cache, self.key, tags, _MISSING)
-        else:
-            payload, tokens = bridge.cache_get(self.cache, self.key, _MISSING), None
+        payload, tokens = self._lookup(tags)
         if payload is not _MISSING:
             found = self._rebuild(payload)
             if found is not None:
                 record_hit(self.cache, self.shape.sql, self.shape.tables, time.perf_counter() - started)
                 return self._result(found)
-            if self.start is None:
+            if self.snapshot is None:
                 tokens = bridge.capture_tokens(self.cache, tags, self.key)
-        if self.start is not None:
-            tokens = _listed(snapshots.tokens_for(self.start, tags), tags)
+            elif self.snapshot.awaited is not None:
+                awaited = self.snapshot.awaited
+                self._begin(bridge.capture_tokens(self.cache, awaited, self.key))
+        if self.snapshot is not None:  # only tokens from before the snapshot will do
+            start = self.snapshot.start
+            tokens = None if start is None else _listed(snapshots.tokens_for(start, tags), tags)
         recorder = ReadRecorder(self.cache, self.key, tags, tokens, self.engine.dialect, self.start)
         return self._compute(recorder, ttl, serialization, compress)
+
+    def _lookup(self, tags: list[str]) -> tuple[Any, list[str] | None]:
+        """The entry (or ``_MISSING``) and, on a miss outside a snapshot, the tags' tokens, in one request.
+        A snapshot transaction whose start tokens are still awaited gets them from that same request."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return bridge.cache_get_or_capture(self.cache, self.key, tags, _MISSING)
+        if snapshot.awaited is not None:
+            awaited = snapshot.awaited
+            if snapshot.serve_hits:
+                payload, captured = bridge.cache_get_or_capture(self.cache, self.key, awaited, _MISSING)
+            else:
+                payload, captured = _MISSING, bridge.capture_tokens(self.cache, awaited, self.key)
+            if payload is _MISSING:
+                self._begin(captured)
+            return payload, None
+        if not snapshot.serve_hits:
+            return _MISSING, None
+        return bridge.cache_get(self.cache, self.key, _MISSING), None
+
+    def _begin(self, captured: list[str] | None) -> None:
+        """Record the start tokens just captured (before the statement that will take the snapshot)."""
+        snapshot = self.snapshot
+        assert snapshot is not None and snapshot.awaited is not None
+        snapshots.record_start(snapshot.connection, self.cache, snapshot.awaited, captured)
+        snapshot.start = snapshots.start_tokens(snapshot.connection, self.cache)
+        snapshot.awaited = None
 
     def _rebuild(self, payload: Any) -> list[tuple[Any, ...]] | None:
         assert self.shape.template is not None
@@ -496,7 +538,7 @@ def track_cursor_read(
         # Tokens captured now may be newer than this transaction's snapshot: only start tokens will do,
         # and before its first statement, now *is* its start.
         if first and snapshots.start_tokens(connection, frame.cache) is None:
-            snapshots.capture_at_start(connection, frame.cache, first=True, key=frame.key)
+            snapshots.capture_before_first_statement(connection, frame.cache, frame.key)
         start = snapshots.start_tokens(connection, frame.cache)
         if start is None:
             frame.safe = False

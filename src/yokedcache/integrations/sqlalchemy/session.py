@@ -118,7 +118,7 @@ def _after_begin(session: Session, transaction: Any, connection: Connection) -> 
         cache = state.resolve_cache()
         writes.register(connection.engine, cache)
         configured = (tag for table in cache.config.tables.values() for tag in table.tags)
-        snapshots.capture_at_start(connection, cache, [*state.tags, *configured])
+        snapshots.expect_start(connection, cache, [*state.tags, *configured])
 
 
 def _after_commit(session: Session) -> None:

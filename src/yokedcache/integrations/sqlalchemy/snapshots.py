@@ -43,6 +43,9 @@ _unread: weakref.WeakSet[Connection] = weakref.WeakSet()
 _start_tokens: weakref.WeakKeyDictionary[Connection, tuple[YokedCache, dict[str, str] | None]] = (
     weakref.WeakKeyDictionary()
 )
+# Per connection: start tokens a caching session still awaits (its cache, and the tags to capture).
+_awaiting: weakref.WeakKeyDictionary[Connection, tuple[YokedCache, list[str]]] = weakref.WeakKeyDictionary()
+START_KEY = "sql:snapshot"  # routes a session's start-token capture to the backend of its sql: entries
 
 
 def snapshot_level(bind: Any, connections: Iterable[Any] = ()) -> str | None:
@@ -94,37 +97,65 @@ def on_transaction_begin(connection: Connection) -> None:
     """Engine ``begin``: a new transaction, no snapshot yet."""
     _unread.add(connection)
     _start_tokens.pop(connection, None)
+    _awaiting.pop(connection, None)
 
 
 def on_statement(connection: Connection, statement: str) -> bool:
     """Every statement (``before_cursor_execute``): from the first one that is not transaction control
     (``BEGIN``, ``SAVEPOINT``, ``SET``...: none takes a snapshot) the transaction's snapshot exists. True
-    for that first statement (the snapshot is not taken yet)."""
-    if connection in _unread and raw_statement_kind(statement) != "neutral":
-        _unread.discard(connection)
-        return True
-    return False
+    for that first statement (the snapshot is not taken yet); start tokens a caching session still awaits
+    are captured right then, before it runs."""
+    if connection not in _unread or raw_statement_kind(statement) == "neutral":
+        return False
+    _unread.discard(connection)
+    awaited = _awaiting.pop(connection, None)
+    if awaited is not None:
+        cache, tags = awaited
+        record_start(connection, cache, tags, bridge.capture_tokens(cache, tags, START_KEY))
+    return True
 
 
-def capture_at_start(
-    connection: Connection,
-    cache: YokedCache,
-    extra_tags: Iterable[str] = (),
-    *,
-    first: bool = False,
-    key: str = "sql:snapshot",
-) -> None:
-    """Capture ``connection``'s start tokens in ``cache`` if it reads from a snapshot not taken yet: when
-    a caching session begins a transaction on it, or (``first``) just before a transaction's first
-    statement runs inside a tracked computation."""
+def start_tags(extra_tags: Iterable[str] = ()) -> list[str]:
+    """What start tokens cover: every known table, ``table:*`` and ``extra_tags``."""
+    return sorted({"table:*", *(f"table:{name}" for name in catalog().fullnames), *extra_tags})
+
+
+def expect_start(connection: Connection, cache: YokedCache, extra_tags: Iterable[str]) -> None:
+    """A caching session began a transaction on ``connection``. If it reads from a snapshot not taken yet,
+    its start tokens are to be captured before its first statement: by the cached read that comes first
+    (in the same request as its lookup, see :func:`awaiting`), or just before any other statement."""
     if not reads_from_snapshot(connection.engine, (connection,)):
         return
-    if (not first and connection not in _unread) or _driver_in_transaction(connection):
+    if connection not in _unread or _driver_in_transaction(connection):
         _start_tokens[connection] = (cache, None)
         return
-    tags = sorted({"table:*", *(f"table:{name}" for name in catalog().fullnames), *extra_tags})
-    tokens = bridge.capture_tokens(cache, tags, key)  # the key routes to the backend its values go to
+    _awaiting[connection] = (cache, start_tags(extra_tags))
+
+
+def awaiting(connection: Connection, cache: YokedCache) -> list[str] | None:
+    """The tags whose tokens are still to be captured as ``connection``'s start tokens in ``cache``."""
+    found = _awaiting.get(connection)
+    if found is None or found[0] is not cache or connection not in _unread:
+        return None
+    return found[1]
+
+
+def record_start(
+    connection: Connection, cache: YokedCache, tags: list[str], tokens: list[str] | None
+) -> None:
+    """``tokens`` of ``tags``, captured before ``connection``'s first statement, are its start tokens."""
+    _awaiting.pop(connection, None)
     _start_tokens[connection] = (cache, None if tokens is None else dict(zip(tags, tokens)))
+
+
+def capture_before_first_statement(connection: Connection, cache: YokedCache, key: str) -> None:
+    """Inside a tracked computation, just before a snapshot transaction's first statement: its start
+    tokens are the tokens of now (``key`` routes the capture to the backend the value will go to)."""
+    if _driver_in_transaction(connection):
+        _start_tokens[connection] = (cache, None)
+        return
+    tags = start_tags()
+    record_start(connection, cache, tags, bridge.capture_tokens(cache, tags, key))
 
 
 def _driver_in_transaction(connection: Connection) -> bool:
