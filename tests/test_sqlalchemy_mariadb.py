@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import Integer, String, create_engine, select, update
+from sqlalchemy import Integer, String, create_engine, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -155,3 +155,13 @@ def test_two_phase_commits_publish_before_they_return(menv: MariaEnv) -> None:
     with menv.session() as session:
         assert names(session) == ["sledge", "twine"]
     assert menv.sql() == 0  # the rolled-back XA transaction published nothing: still a hit
+
+
+def test_a_consistent_snapshot_started_by_sql_is_never_stored_as_current(menv: MariaEnv) -> None:
+    """START TRANSACTION WITH CONSISTENT SNAPSHOT takes the snapshot at once, before any cached read."""
+    with menv.session() as reader:
+        reader.execute(text("START TRANSACTION WITH CONSISTENT SNAPSHOT"))
+        rename(menv, 1, "hammer")
+        assert names(reader) == ["anvil", "rope"]
+    with menv.session() as session:
+        assert names(session) == ["hammer", "rope"]

@@ -596,8 +596,9 @@ def test_a_snapshot_opened_by_a_raw_driver_statement_is_not_trusted(env: Env) ->
         engine.dispose()
 
 
+@pytest.mark.parametrize("first", ["SELECT yc_authors.id FROM yc_authors", "PRAGMA user_version"])
 def test_sqlite_in_wal_mode_inside_an_explicit_transaction_stores_only_under_start_tokens(
-    tmp_path: Any,
+    tmp_path: Any, first: str
 ) -> None:
     """With SQLAlchemy's BEGIN recipe, a WAL database gives each transaction a snapshot at its first read
     while other connections commit: a later miss in it must not store the snapshot's rows as current."""
@@ -621,7 +622,7 @@ def test_sqlite_in_wal_mode_inside_an_explicit_transaction_stores_only_under_sta
     cache = YokedCache(key_prefix="wal", ttl_jitter_percent=0)
     try:
         with cache_queries(Session(engine), cache=cache) as reader:
-            reader.execute(select(Author.id)).all()  # the snapshot starts at this first read
+            reader.execute(text(first)).all()  # the snapshot starts at this first read
             with cache_queries(Session(engine), cache=cache) as writer:
                 writer.get(Label, 1).name = "renamed"
                 writer.commit()
@@ -665,3 +666,55 @@ def test_a_hit_in_a_repeatable_read_transaction_is_one_round_trip(
             assert [label.name for label in session.execute(statement).scalars()] == ["python", "sql"]
             assert sent[0] - before == 1
     assert env.sql() == 0
+
+
+@pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
+@pytest.mark.parametrize(
+    ("first", "level"),
+    [
+        (["DECLARE early CURSOR FOR SELECT 1"], "REPEATABLE READ"),
+        (["ANALYZE yc_authors"], "REPEATABLE READ"),
+        (["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", "SELECT count(*) FROM yc_authors"], None),
+    ],
+    ids=["declare cursor", "analyze", "isolation set by SQL"],
+)
+def test_a_snapshot_taken_by_raw_sql_is_never_stored_as_current(
+    env: Env, first: list[str], level: str | None
+) -> None:
+    """Raw statements that take the snapshot (or set the isolation level behind SQLAlchemy's back) come
+    before the first cached read: tokens captured then would postdate the snapshot."""
+    from yokedcache.sqlalchemy import cache_queries
+
+    engine = env.engine if level is None else env.engine.execution_options(isolation_level=level)
+    with cache_queries(Session(engine), cache=env.cache) as reader:
+        for statement in first:
+            reader.execute(text(statement))
+        with env.session() as writer:
+            writer.get(Label, 1).name = "renamed"
+            writer.commit()
+        assert [label.name for label in reader.scalars(select(Label).order_by(Label.id))] == ["python", "sql"]
+    with env.session() as session:
+        assert [label.name for label in session.scalars(select(Label).order_by(Label.id))] == [
+            "renamed", "sql",
+        ]
+
+
+@pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
+def test_an_imported_snapshot_is_never_stored_as_current(env: Env) -> None:
+    """SET TRANSACTION SNAPSHOT gives the transaction another one's older snapshot."""
+    from yokedcache.sqlalchemy import cache_queries
+
+    engine = env.engine.execution_options(isolation_level="REPEATABLE READ")
+    with engine.connect() as exporter:
+        snapshot_id = exporter.execute(text("SELECT pg_export_snapshot()")).scalar_one()
+        with env.session() as writer:
+            writer.get(Label, 1).name = "renamed"
+            writer.commit()
+        with cache_queries(Session(engine), cache=env.cache) as reader:
+            reader.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'"))
+            old = [label.name for label in reader.scalars(select(Label).order_by(Label.id))]
+            assert old == ["python", "sql"]
+    with env.session() as session:
+        assert [label.name for label in session.scalars(select(Label).order_by(Label.id))] == [
+            "renamed", "sql",
+        ]

@@ -261,3 +261,16 @@ def test_a_snapshot_older_than_another_read_of_the_same_table_makes_the_value_un
         assert env.cache.get_sync("fn:mixed", MISSING) is MISSING  # not stored
     finally:
         older.close()
+
+
+@pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
+def test_rows_fetched_from_a_cursor_make_the_value_unstorable(env: Env) -> None:
+    """FETCH names no table (the cursor's query was declared earlier): what it read cannot be tracked."""
+
+    def through_a_cursor() -> list[str]:
+        with env.plain() as session:
+            session.execute(text("DECLARE names CURSOR FOR SELECT name FROM yc_authors ORDER BY id"))
+            return list(session.scalars(text("FETCH ALL FROM names")))
+
+    assert computed(env.cache, "fn:cursor", ("people",), through_a_cursor) == ["ada", "bob"]
+    assert env.cache.get_sync("fn:cursor", MISSING) is MISSING

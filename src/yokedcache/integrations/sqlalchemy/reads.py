@@ -33,6 +33,12 @@ from typing import Any
 
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.sql.elements import (
+    ReleaseSavepointClause,
+    RollbackToSavepointClause,
+    SavepointClause,
+    TextClause,
+)
 
 from ...config import effective_table_settings
 from ...keys import normalize_tags
@@ -269,7 +275,8 @@ class _Snapshot:
         self.connection = connection
         self.start = start
         self.awaited: list[str] | None = None
-        self.serve_hits = level != "SERIALIZABLE"  # the database must see a serializable read
+        # The database must see a serializable read; a level set by raw SQL is unknown, so maybe that.
+        self.serve_hits = level not in ("SERIALIZABLE", "UNKNOWN")
 
 
 class _Read:
@@ -529,7 +536,9 @@ def track_cursor_read(
     connection: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
 ) -> None:
     """``before_cursor_execute``: every SELECT a tracked computation sends, in any session or connection."""
-    first = snapshots.on_statement(connection, statement)
+    compiled_select = writes.is_compiled_select(context)
+    is_text = not compiled_select and _sent_as_text(context)
+    first = snapshots.on_statement(connection, statement, is_text)
     frame = current_frame()
     if frame is None or not frame.safe:
         return
@@ -543,8 +552,28 @@ def track_cursor_read(
         if start is None:
             frame.safe = False
             return
-    if writes.is_compiled_select(context):
+    if compiled_select:
         record_read(frame, tables_read_by(context.compiled), connection.engine, start)
-    elif writes.raw_statement_kind(statement) == "read":
+        return
+    kind = writes.raw_statement_kind(statement)
+    if kind == "read":
         found = catalog().tables_in_fragment(statement)
         record_read(frame, None if found is None else frozenset(found), connection.engine, start)
+    elif is_text and _reads_unknown_tables(statement, kind):
+        frame.safe = False  # FETCH from a cursor, EXECUTE of a prepared statement, CALL: tables unknown
+
+
+_READ_AS_TEXT = (TextClause, SavepointClause, ReleaseSavepointClause, RollbackToSavepointClause)
+
+
+def _sent_as_text(context: Any) -> bool:
+    """Raw SQL (``exec_driver_sql``: no compiled form; a ``text()`` construct), or the savepoint statements
+    SQLAlchemy compiles, whose text tells what they are."""
+    compiled = getattr(context, "compiled", None)
+    return compiled is None or isinstance(getattr(compiled, "statement", None), _READ_AS_TEXT)
+
+
+def _reads_unknown_tables(statement: str, kind: str) -> bool:
+    if kind == "neutral":
+        return snapshots.statement_effect(statement) == "other"  # not plain transaction control
+    return kind == "write" and writes.first_word(statement) in writes.DYNAMIC

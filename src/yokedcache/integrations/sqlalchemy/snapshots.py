@@ -24,6 +24,7 @@ taken, at an unknown moment) gets no start tokens, and its reads are not cached.
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -33,7 +34,7 @@ from sqlalchemy.engine import Connection
 from ...policy.cache import YokedCache
 from . import bridge
 from .catalog import catalog
-from .writes import raw_statement_kind, written_tables
+from .writes import first_word, written_tables
 
 _SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT"})
 
@@ -56,6 +57,8 @@ def snapshot_level(bind: Any, connections: Iterable[Any] = ()) -> str | None:
     the connection tells)."""
     dialect = bind.dialect
     connections = list(connections)
+    if any(_isolation_unknown(c) for c in connections):
+        return "UNKNOWN"
     levels = [c.get_execution_options().get("isolation_level") for c in connections]
     levels.append(bind.get_execution_options().get("isolation_level"))
     levels.append(getattr(dialect, "_on_connect_isolation_level", None))
@@ -82,6 +85,13 @@ def snapshot_level(bind: Any, connections: Iterable[Any] = ()) -> str | None:
     return "SNAPSHOT" if sqlite_snapshot else None
 
 
+def _isolation_unknown(connection: Any) -> bool:
+    try:
+        return bool(connection.info.get(ISOLATION_UNKNOWN))
+    except Exception:
+        return False
+
+
 def _sqlite_transaction_open(connection: Any) -> bool:
     try:
         return getattr(connection.connection.dbapi_connection, "in_transaction", None) is True
@@ -100,12 +110,47 @@ def on_transaction_begin(connection: Connection) -> None:
     _awaiting.pop(connection, None)
 
 
-def on_statement(connection: Connection, statement: str) -> bool:
-    """Every statement (``before_cursor_execute``): from the first one that is not transaction control
-    (``BEGIN``, ``SAVEPOINT``, ``SET``...: none takes a snapshot) the transaction's snapshot exists. True
-    for that first statement (the snapshot is not taken yet); start tokens a caching session still awaits
-    are captured right then, before it runs."""
-    if connection not in _unread or raw_statement_kind(statement) == "neutral":
+# Statements known to take no snapshot. Anything else counts as taking one: capturing start tokens too
+# early is always safe, too late is what plants stale data (DECLARE CURSOR, ANALYZE, PRAGMA, START
+# TRANSACTION WITH CONSISTENT SNAPSHOT all take one).
+_NO_SNAPSHOT = frozenset(["begin", "start", "savepoint", "release", "rollback", "commit", "end", "set"])
+_BEGIN_WITH_LEVEL = re.compile(r"isolation|\bsnapshot\b", re.IGNORECASE)
+_CONSISTENT_SNAPSHOT = re.compile(r"\bconsistent\s+snapshot\b", re.IGNORECASE)
+# SET TRANSACTION ..., SET SESSION CHARACTERISTICS ..., SET default_transaction_isolation / tx_isolation ...
+_SET_ISOLATION = re.compile(r"\btransaction\b|\bcharacteristics\b|isolation|\bsnapshot\b", re.IGNORECASE)
+ISOLATION_UNKNOWN = "yokedcache.isolation_unknown"  # in a driver connection's info: set by raw SQL
+
+
+def statement_effect(statement: str) -> str:
+    """What a statement sent as text does to a transaction's snapshot: ``"control"`` (nothing: BEGIN,
+    SAVEPOINT, a plain SET...), ``"isolation"`` (changes the isolation level or imports a snapshot, behind
+    SQLAlchemy's back), or ``"other"`` (may read, so may take the snapshot)."""
+    first = first_word(statement)
+    if first not in _NO_SNAPSHOT:
+        return "other"
+    if first in ("begin", "start"):
+        if _CONSISTENT_SNAPSHOT.search(statement):
+            return "other"  # takes the snapshot right away, at the level the session already has
+        return "isolation" if _BEGIN_WITH_LEVEL.search(statement) else "control"
+    if first == "set":
+        return "isolation" if _SET_ISOLATION.search(statement) else "control"
+    return "control"
+
+
+def on_statement(connection: Connection, statement: str, is_text: bool) -> bool:
+    """Every statement (``before_cursor_execute``): from the first one that is not transaction control the
+    transaction's snapshot exists. True for that first statement (the snapshot is not taken yet); start
+    tokens a caching session still awaits are captured right then, before it runs. A statement that
+    changes the isolation level or imports a snapshot makes this transaction, and what the connection
+    runs later, untrusted: no start tokens, and its level is unknown from then on."""
+    if is_text:
+        effect = statement_effect(statement)
+        if effect == "isolation":
+            _distrust(connection)
+            return False
+        if effect == "control":
+            return False
+    if connection not in _unread:
         return False
     _unread.discard(connection)
     awaited = _awaiting.pop(connection, None)
@@ -113,6 +158,19 @@ def on_statement(connection: Connection, statement: str) -> bool:
         cache, tags = awaited
         record_start(connection, cache, tags, bridge.capture_tokens(cache, tags, START_KEY))
     return True
+
+
+def _distrust(connection: Connection) -> None:
+    try:
+        connection.info[ISOLATION_UNKNOWN] = True
+    except Exception:
+        pass
+    _unread.discard(connection)
+    awaited = _awaiting.pop(connection, None)
+    found = _start_tokens.get(connection)
+    cache = awaited[0] if awaited is not None else found[0] if found is not None else None
+    if cache is not None:
+        _start_tokens[connection] = (cache, None)
 
 
 def start_tags(extra_tags: Iterable[str] = ()) -> list[str]:

@@ -195,13 +195,14 @@ _NEUTRAL = frozenset(
         "discard", "deallocate", "lock", "use",
     ]
 )  # fmt: skip
-_DYNAMIC = frozenset(["do", "call", "exec", "execute", "perform"])  # what they change cannot be read
+DYNAMIC = frozenset(["do", "call", "exec", "execute", "perform"])  # what they touch cannot be read
 _DML = re.compile(r"\b(?:insert|update|delete|merge|truncate|replace|upsert|copy)\b", re.IGNORECASE)
 _ROW_LOCKS = re.compile(r"\bfor\s+(?:no\s+key\s+)?(?:update|share|key\s+share)\b", re.IGNORECASE)
 _SELECT_INTO = re.compile(r"\binto\b", re.IGNORECASE)
 
 
-def _first_word(sql: str) -> str:
+def first_word(sql: str) -> str:
+    """The statement's first keyword, lower-cased (comments and parentheses skipped)."""
     start = _LEADING_NOISE.match(sql)
     word = _FIRST_WORD.match(sql, start.end() if start else 0)
     return word.group(0).lower() if word else ""
@@ -209,7 +210,7 @@ def _first_word(sql: str) -> str:
 
 def raw_statement_kind(sql: str) -> str:
     """``"read"``, ``"write"`` or ``"neutral"`` (transaction control, settings) for raw SQL text."""
-    first = _first_word(sql)
+    first = first_word(sql)
     if first in _NEUTRAL:
         return "neutral"
     if first not in _READS:
@@ -252,7 +253,7 @@ def _ddl_tables(element: Any) -> set[str] | None:
 def _raw_sql_tables(sql: str) -> set[str] | None:
     if raw_statement_kind(sql) != "write":
         return None
-    if _first_word(sql) in _DYNAMIC:
+    if first_word(sql) in DYNAMIC:
         return {EVERYTHING}
     return catalog().written_by_sql(sql) or {EVERYTHING}
 
