@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from sqlalchemy import Integer, String, create_engine, select, text, update
@@ -127,6 +128,17 @@ def test_cached_through_a_plain_repeatable_read_session(menv: MariaEnv) -> None:
     assert computed == [["anvil", "rope"], ["anvil", "cable"]]
 
 
+def xa_rename(conn: Any, item_id: int, name: str, *, commit: bool) -> None:
+    """An XA transaction renaming one item, prepared, then committed or rolled back."""
+    transaction = conn.begin_twophase()
+    conn.execute(update(Item).where(Item.id == item_id).values(name=name))
+    transaction.prepare()
+    if commit:
+        transaction.commit()
+    else:
+        transaction.rollback()
+
+
 def test_two_phase_commits_publish_before_they_return(menv: MariaEnv) -> None:
     """XA transactions commit through ``do_commit_twophase``, not ``do_commit``: published all the same."""
     for _ in range(2):
@@ -140,17 +152,11 @@ def test_two_phase_commits_publish_before_they_return(menv: MariaEnv) -> None:
     with menv.session() as session:
         assert names(session) == ["sledge", "rope"]
     with menv.engine.connect() as conn:
-        transaction = conn.begin_twophase()
-        conn.execute(update(Item).where(Item.id == 2).values(name="twine"))
-        transaction.prepare()
-        transaction.commit()
+        xa_rename(conn, 2, "twine", commit=True)
         with menv.session() as session:  # the connection is still open: the commit itself published
             assert names(session) == ["sledge", "twine"]
     with menv.engine.connect() as conn:
-        transaction = conn.begin_twophase()
-        conn.execute(update(Item).where(Item.id == 2).values(name="dropped"))
-        transaction.prepare()
-        transaction.rollback()
+        xa_rename(conn, 2, "dropped", commit=False)
     menv.sql()
     with menv.session() as session:
         assert names(session) == ["sledge", "twine"]

@@ -34,6 +34,22 @@ local function live(key, tp)
 end
 """
 
+# The end of GET (on a miss) and the whole of CAPTURE: the tokens of the (tag, candidate) pairs from
+# ARGV[2], created from the candidates where missing (or not a string).
+_CAPTURE_FROM_ARGV = r"""
+local out = {}
+for i = 2, #ARGV, 2 do
+  local tk = ARGV[1] .. ARGV[i]
+  local cur = redis.pcall('GET', tk)
+  if type(cur) ~= 'string' then
+    redis.call('SET', tk, ARGV[i + 1])
+    cur = ARGV[i + 1]
+  end
+  out[#out + 1] = cur
+end
+return out
+"""
+
 # KEYS[1] = entry; ARGV[1] = token prefix, then optionally (tag, candidate) pairs. Returns the whole stored
 # frame of a live entry. Otherwise nil, or — when tags were given — the current tokens of those tags
 # (created from the candidates if missing), so a miss learns what its computed value must be stored under
@@ -56,18 +72,7 @@ if v then
   if v then return v end
 end
 if #ARGV < 2 then return false end
-local out = {}
-for i = 2, #ARGV, 2 do
-  local tk = ARGV[1] .. ARGV[i]
-  local cur = redis.pcall('GET', tk)
-  if type(cur) ~= 'string' then
-    redis.call('SET', tk, ARGV[i + 1])
-    cur = ARGV[i + 1]
-  end
-  out[#out + 1] = cur
-end
-return out
-"""
+""" + _CAPTURE_FROM_ARGV
 
 # KEYS[1] = entry; ARGV[1] = token prefix. Returns {frame, pttl} of a live entry, else nil.
 INSPECT = _LIVE + r"""
@@ -108,19 +113,7 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 
 # ARGV[1] = token prefix, then (tag, candidate) pairs. Returns the current tokens, creating missing ones.
-CAPTURE = r"""
-local out = {}
-for i = 2, #ARGV, 2 do
-  local tk = ARGV[1] .. ARGV[i]
-  local cur = redis.pcall('GET', tk)
-  if type(cur) ~= 'string' then
-    redis.call('SET', tk, ARGV[i + 1])
-    cur = ARGV[i + 1]
-  end
-  out[#out + 1] = cur
-end
-return out
-"""
+CAPTURE = _CAPTURE_FROM_ARGV
 
 # KEYS = entries. ARGV[1] = token prefix, ARGV[2] = count prefix, ARGV[3] = 'c' (record current tokens,
 # creating missing ones from the candidates given) or 'k' (tokens captured before computing: store only if

@@ -334,36 +334,40 @@ _dialect_lock = threading.Lock()
 
 def _publish_on_do_commit(dialect: Dialect) -> None:
     """Wrap this dialect instance's ``do_commit``, once, to publish what the committing connection parked."""
-    if dialect in _publishing_dialects:
-        return
-    with _dialect_lock:
-        if dialect in _publishing_dialects:
-            return
-        dialect.do_commit = _committing(dialect, dialect.do_commit)  # type: ignore[method-assign, assignment]
-        _publishing_dialects.add(dialect)
+    _wrap_once(dialect, "do_commit", _publishing_dialects, _committing)
 
 
 def _publish_on_do_commit_twophase(dialect: Dialect) -> None:
     """The same for two-phase commits, which go through ``do_commit_twophase(connection, xid, ...)``."""
-    if dialect in _publishing_twophase_dialects:
+    _wrap_once(dialect, "do_commit_twophase", _publishing_twophase_dialects, _committing_twophase)
+
+
+def _wrap_once(
+    dialect: Dialect, name: str, wrapped: weakref.WeakSet[Dialect], wrap: Callable[[Dialect, Any], Any]
+) -> None:
+    if dialect in wrapped:
         return
     with _dialect_lock:
-        if dialect in _publishing_twophase_dialects:
+        if dialect in wrapped:
             return
-        original = dialect.do_commit_twophase
+        setattr(dialect, name, wrap(dialect, getattr(dialect, name)))
+        wrapped.add(dialect)
 
-        def do_commit_twophase_then_publish(connection: Any, *args: Any, **kwargs: Any) -> None:
-            info = connection.info
-            try:
-                original(connection, *args, **kwargs)
-            except BaseException as exc:
-                _commit_failed(dialect, connection.connection, info, exc)
-                raise
-            if _PENDING in info:
-                publish_pending(info)
 
-        dialect.do_commit_twophase = do_commit_twophase_then_publish  # type: ignore[method-assign]
-        _publishing_twophase_dialects.add(dialect)
+def _committing_twophase(dialect: Dialect, do_commit_twophase: Callable[..., None]) -> Callable[..., None]:
+    """``do_commit_twophase`` (which is handed the ``Connection``) followed by the publication."""
+
+    def do_commit_twophase_then_publish(connection: Any, *args: Any, **kwargs: Any) -> None:
+        info = connection.info
+        try:
+            do_commit_twophase(connection, *args, **kwargs)
+        except BaseException as exc:
+            _commit_failed(dialect, connection.connection, info, exc)
+            raise
+        if _PENDING in info:
+            publish_pending(info)
+
+    return do_commit_twophase_then_publish
 
 
 def _committing(dialect: Dialect, do_commit: Callable[[Any], None]) -> Callable[[Any], None]:
