@@ -203,11 +203,10 @@ def _sync_generator(spec: _Spec) -> Callable[..., Generator[Any, Any, Any]]:
         tags, ttl = spec.settings(cache)
         tokens: list[str] | None = []
         if key is not None:
-            value = cache.get_sync(key, MISSING)
+            value, tokens = cache.get_or_capture_sync(key, tags, MISSING)  # a miss: tokens, same request
             if value is not MISSING:
                 yield value
                 return
-            tokens = cache.capture_tokens_sync(tags, key)
         with reads_of(cache, key or "_") as reads:  # tables it reads become tags of its value
             gen = spec.dependency(*args, **kwargs)
             first = next(gen)
@@ -236,11 +235,10 @@ def _async_generator(spec: _Spec) -> Callable[..., AsyncGenerator[Any, Any]]:
         tags, ttl = spec.settings(cache)
         tokens: list[str] | None = []
         if key is not None:
-            value = await cache.get(key, MISSING)
+            value, tokens = await cache.get_or_capture(key, tags, MISSING)
             if value is not MISSING:
                 yield value
                 return
-            tokens = await cache.capture_tokens(tags, key)
         with reads_of(cache, key or "_") as reads:
             agen = spec.dependency(*args, **kwargs)
             first = await agen.__anext__()
@@ -286,10 +284,9 @@ def _sync_function(spec: _Spec) -> Callable[..., Any]:
         tags, ttl = spec.settings(cache)
         tokens: list[str] | None = []
         if key is not None:
-            value = cache.get_sync(key, MISSING)
+            value, tokens = cache.get_or_capture_sync(key, tags, MISSING)
             if value is not MISSING:
                 return value
-            tokens = cache.capture_tokens_sync(tags, key)
         with reads_of(cache, key or "_") as reads:
             value = spec.dependency(*args, **kwargs)
         if spec.classify(value, key, key_error):
@@ -310,10 +307,9 @@ def _async_function(spec: _Spec) -> Callable[..., Any]:
         tags, ttl = spec.settings(cache)
         tokens: list[str] | None = []
         if key is not None:
-            value = await cache.get(key, MISSING)
+            value, tokens = await cache.get_or_capture(key, tags, MISSING)
             if value is not MISSING:
                 return value
-            tokens = await cache.capture_tokens(tags, key)
         with reads_of(cache, key or "_") as reads:
             value = await spec.dependency(*args, **kwargs)
         if spec.classify(value, key, key_error):
