@@ -329,7 +329,7 @@ class _Read:
                 self._begin(bridge.capture_tokens(self.cache, awaited, self.key))
         if self.snapshot is not None:  # only tokens from before the snapshot will do
             start = self.snapshot.start
-            tokens = None if start is None else _listed(snapshots.tokens_for(start, tags), tags)
+            tokens = None if start is None else snapshots.tokens_for(start, tags)
         recorder = ReadRecorder(self.cache, self.key, tags, tokens, self.engine.dialect, self.start)
         return self._compute(recorder, ttl, serialization, compress)
 
@@ -456,10 +456,6 @@ def _raw_rows(result: Result[Any]) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in result.all()]
 
 
-def _listed(tokens: dict[str, str] | None, tags: list[str]) -> list[str] | None:
-    return None if tokens is None else [tokens[tag] for tag in tags]
-
-
 class ReadRecorder:
     """Follows a miss while it loads: extends the entry's tags with the tables of every statement loading
     issues, each one's token captured before that statement runs (or, in a snapshot transaction, taken
@@ -502,7 +498,7 @@ class ReadRecorder:
         if not new:
             return
         if self.start is not None:
-            tokens = _listed(snapshots.tokens_for(self.start, new), new)
+            tokens = snapshots.tokens_for(self.start, new)
         else:
             tokens = bridge.capture_tokens(self.cache, new, self.key)
         if tokens is None:
@@ -525,7 +521,7 @@ def record_read(
     writes.register(engine, frame.cache)  # so this database's commits reach the frame's cache
     tags = ["table:*", *(f"table:{t}" for t in sorted(tables))]
     if start is not None:  # all of them: a start token differing from an earlier capture makes it unsafe
-        frame.add(tags, _listed(snapshots.tokens_for(start, tags), tags))
+        frame.add(tags, snapshots.tokens_for(start, tags))
         return
     missing = frame.missing(tags)
     if missing:

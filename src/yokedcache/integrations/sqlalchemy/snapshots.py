@@ -244,12 +244,13 @@ def start_tokens(connection: Connection, cache: YokedCache) -> dict[str, str] | 
     return found[1]
 
 
-def tokens_for(start: dict[str, str], tags: Iterable[str]) -> dict[str, str] | None:
-    """The start tokens of ``tags``; ``None`` if any was not captured (then nothing may be stored)."""
-    out: dict[str, str] = {}
+def tokens_for(start: dict[str, str], tags: Iterable[str]) -> list[str] | None:
+    """The start tokens of ``tags``, in order; ``None`` if any was not captured (then nothing may be
+    stored)."""
+    out: list[str] = []
     for tag in tags:
         token = start.get(tag)
         if token is None:
             return None
-        out[tag] = token
+        out.append(token)
     return out
