@@ -251,6 +251,77 @@ def test_sync_result_computed_across_an_invalidation_is_never_served(sync_cache:
     assert read_user() == 2
 
 
+def _pause_after_first_store(cache: YokedCache, name: str, stored: Any, resume: Any) -> None:
+    """Make the first store through ``cache`` land, then hold its caller (a leader descheduled right after
+    its store reached the backend, before it hands its result to the callers waiting on it)."""
+    backend = cache.backends[0]
+    store = getattr(backend, name)
+
+    def pausing(*args: Any) -> Any:
+        result = store(*args)
+        if not stored.is_set():
+            stored.set()
+            resume.wait(5)
+        return result
+
+    async def apausing(*args: Any) -> Any:
+        result = await store(*args)
+        if not stored.is_set():
+            stored.set()
+            await resume.wait()
+        return result
+
+    setattr(backend, name, apausing if name.startswith("a") else pausing)
+
+
+def test_sync_joiner_after_the_store_and_an_invalidation_gets_a_fresh_value(sync_cache: YokedCache) -> None:
+    source = Source()
+    stored, resume = threading.Event(), threading.Event()
+    _pause_after_first_store(sync_cache, "set", stored, resume)
+
+    @cached(cache=sync_cache, ttl=60, tags=["users"])
+    def read_user() -> int:
+        source.reads += 1
+        return source.version
+
+    results: dict[str, int] = {}
+    leader = threading.Thread(target=lambda: results.update(leader=read_user()))
+    leader.start()
+    assert stored.wait(5)  # version 1 is stored; the leader has not returned yet
+    source.version = 2
+    sync_cache.invalidate_tags_sync(["users"])  # the write is committed and invalidated...
+    late = threading.Thread(target=lambda: results.update(late=read_user()))
+    late.start()  # ...before this call starts: it misses (the entry is dead) and joins the leader
+    time.sleep(0.1)
+    resume.set()
+    leader.join(5)
+    late.join(5)
+    assert results == {"leader": 1, "late": 2}  # the store proved version 1 fresh only before the write
+    assert source.reads == 2
+
+
+async def test_joiner_after_the_store_and_an_invalidation_gets_a_fresh_value(cache: YokedCache) -> None:
+    source = Source()
+    stored, resume = asyncio.Event(), asyncio.Event()
+    _pause_after_first_store(cache, "aset", stored, resume)
+
+    @cached(cache=cache, ttl=60, tags=["users"])
+    async def read_user() -> int:
+        source.reads += 1
+        return source.version
+
+    leader = asyncio.ensure_future(read_user())
+    await stored.wait()
+    source.version = 2
+    await cache.invalidate_tags(["users"])
+    late = asyncio.ensure_future(read_user())
+    await asyncio.sleep(0.05)
+    resume.set()
+    assert await leader == 1
+    assert await late == 2
+    assert source.reads == 2
+
+
 async def test_background_refresh_does_not_resurrect_invalidated_data(cache: YokedCache) -> None:
     source = Source()
     entered, release = asyncio.Event(), asyncio.Event()

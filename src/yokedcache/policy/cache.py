@@ -1054,9 +1054,11 @@ class YokedCache:
     # A value may be stored, and handed to concurrent callers, only if it cannot predate an invalidation
     # those callers must see. Tokens are captured before ``produce`` runs; the backend refuses the store
     # if any changed meanwhile ("stale"). A caller that joined another's computation accepts its result
-    # when that computation started after the caller itself did, or when the result was proven fresh
-    # (stored, or tokens unchanged afterwards); otherwise it computes again. With the backend down nothing
-    # can be proven, so joiners compute for themselves rather than risk an old answer.
+    # when that computation started after the caller itself did, or when the result was proven fresh at a
+    # moment after the caller's call: the store (or a later token check) was *sent* after it. A proof sent
+    # earlier says nothing about an invalidation that returned between it and the joiner's call (the
+    # leader can be descheduled right after its store). Otherwise the joiner computes again. With the
+    # backend down nothing can be proven, so joiners compute for themselves rather than risk an old answer.
     #
     # ``lock`` (a lease in seconds) extends the single flight across processes through the backend: one
     # process computes, the others wait to be woken when it releases and then read its value.
@@ -1081,7 +1083,7 @@ class YokedCache:
         """
         called_at = time.monotonic()
 
-        async def compute(started_at: float) -> tuple[Any, float, bool]:
+        async def compute(started_at: float) -> tuple[Any, float, float | None]:
             tokens = await self.capture_tokens(tags, key) if vouched else None
             clock = time.perf_counter()
             with reads_of(self, key) as reads:  # the tables its SQL reads become tags of the value
@@ -1089,7 +1091,7 @@ class YokedCache:
             seconds = time.perf_counter() - clock
             all_tags, all_tokens = reads.merge_into(tags, tokens)
             planned = plan(value, seconds) if plan is not None else StorePlan(value, ttl)
-            outcome = "skipped"
+            outcome, proven_at = "skipped", time.monotonic()
             if planned is not None:
                 outcome = await self.store_computed(
                     key, planned.value, all_tokens, all_tags, ttl=planned.ttl, serialization=serialization,
@@ -1097,10 +1099,11 @@ class YokedCache:
                 )
             fresh = outcome == "stored"
             if not fresh and outcome != "stale" and all_tokens is not None:
+                proven_at = time.monotonic()
                 fresh = all_tokens == (await self.capture_tokens(all_tags, key))
-            return value, started_at, fresh
+            return value, started_at, proven_at if fresh else None
 
-        async def run() -> tuple[Any, float, bool]:
+        async def run() -> tuple[Any, float, float | None]:
             started_at = time.monotonic()
             if lock is None:
                 return await compute(started_at)
@@ -1108,26 +1111,28 @@ class YokedCache:
             while True:
                 if await self.acquire_lock(key, owner, lock):
                     try:
+                        checked_at = time.monotonic()
                         found = await self.lookup(key)  # stored by another process meanwhile?
                         if _still_fresh(found):
-                            return found.value, started_at, True  # type: ignore[union-attr]
+                            return found.value, started_at, checked_at  # type: ignore[union-attr]
                         return await compute(started_at)
                     finally:
                         await self.release_lock(key, owner)
                 if pause:
                     await asyncio.sleep(pause)  # woken but still locked: do not spin on the backend
                 await self.wait_for_release(key, lock)
+                checked_at = time.monotonic()
                 found = await self.lookup(key)
                 if _still_fresh(found):
-                    return found.value, started_at, True  # type: ignore[union-attr]
+                    return found.value, started_at, checked_at  # type: ignore[union-attr]
                 pause = min(LOCK_BACKOFF_MAX, pause * 2 or 0.002)
 
         if not single_flight or not vouched:
             return (await run())[0]
         full = self.full_key(key)
         while True:
-            (value, started_at, fresh), joined = await self.flights.arun(full, run)
-            if not joined or fresh or started_at >= called_at:
+            (value, started_at, proven_at), joined = await self.flights.arun(full, run)
+            if not joined or started_at >= called_at or (proven_at is not None and proven_at >= called_at):
                 return value
 
     def fill_sync(
@@ -1146,7 +1151,7 @@ class YokedCache:
         """Sync twin of ``fill``: concurrent threads missing one key share one ``produce`` call."""
         called_at = time.monotonic()
 
-        def compute(started_at: float) -> tuple[Any, float, bool]:
+        def compute(started_at: float) -> tuple[Any, float, float | None]:
             tokens = self.capture_tokens_sync(tags, key) if vouched else None
             clock = time.perf_counter()
             with reads_of(self, key) as reads:
@@ -1154,7 +1159,7 @@ class YokedCache:
             seconds = time.perf_counter() - clock
             all_tags, all_tokens = reads.merge_into(tags, tokens)
             planned = plan(value, seconds) if plan is not None else StorePlan(value, ttl)
-            outcome = "skipped"
+            outcome, proven_at = "skipped", time.monotonic()
             if planned is not None:
                 outcome = self.store_computed_sync(
                     key, planned.value, all_tokens, all_tags, ttl=planned.ttl, serialization=serialization,
@@ -1162,10 +1167,11 @@ class YokedCache:
                 )
             fresh = outcome == "stored"
             if not fresh and outcome != "stale" and all_tokens is not None:
+                proven_at = time.monotonic()
                 fresh = all_tokens == self.capture_tokens_sync(all_tags, key)
-            return value, started_at, fresh
+            return value, started_at, proven_at if fresh else None
 
-        def run() -> tuple[Any, float, bool]:
+        def run() -> tuple[Any, float, float | None]:
             started_at = time.monotonic()
             if lock is None:
                 return compute(started_at)
@@ -1173,26 +1179,28 @@ class YokedCache:
             while True:
                 if self.acquire_lock_sync(key, owner, lock):
                     try:
+                        checked_at = time.monotonic()
                         found = self.lookup_sync(key)
                         if _still_fresh(found):
-                            return found.value, started_at, True  # type: ignore[union-attr]
+                            return found.value, started_at, checked_at  # type: ignore[union-attr]
                         return compute(started_at)
                     finally:
                         self.release_lock_sync(key, owner)
                 if pause:
                     time.sleep(pause)
                 self.wait_for_release_sync(key, lock)
+                checked_at = time.monotonic()
                 found = self.lookup_sync(key)
                 if _still_fresh(found):
-                    return found.value, started_at, True  # type: ignore[union-attr]
+                    return found.value, started_at, checked_at  # type: ignore[union-attr]
                 pause = min(LOCK_BACKOFF_MAX, pause * 2 or 0.002)
 
         if not single_flight or not vouched:
             return run()[0]
         full = self.full_key(key)
         while True:
-            (value, started_at, fresh), joined = self.flights.run(full, run)
-            if not joined or fresh or started_at >= called_at:
+            (value, started_at, proven_at), joined = self.flights.run(full, run)
+            if not joined or started_at >= called_at or (proven_at is not None and proven_at >= called_at):
                 return value
 
     def keep_task(self, task: asyncio.Future[Any]) -> None:
