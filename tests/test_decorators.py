@@ -730,9 +730,8 @@ async def test_stale_while_revalidate(cache: YokedCache) -> None:
 
     assert await fetch() == 1
     await asyncio.sleep(1.1)
-    started = time.perf_counter()
-    assert await fetch() == 1  # stale, returned at once
-    assert time.perf_counter() - started < 0.04
+    assert await fetch() == 1  # stale, returned without waiting for the refresh...
+    assert runs.n == 1  # ...which is still running in the background
     assert await fetch() == 1  # still stale; only one refresh runs
     await asyncio.sleep(0.2)
     assert runs.n == 2
