@@ -279,22 +279,22 @@ class YokedCache:
 
     # --- invalidations that could not be delivered ------------------------------------------------------
     def _replay_pending(self, backend: Backend) -> None:
-        tags, flush = self._pending.snapshot(backend)
-        if flush:
+        replay = self._pending.snapshot(backend)
+        if replay.flush:
             backend.flush()
-        elif tags:
-            backend.invalidate(tags)
-        self._pending.landed(backend, tags, flush)
-        logger.warning("delivered queued %s", "namespace flush" if flush else f"invalidation of {list(tags)}")
+        elif replay.tags:
+            backend.invalidate(replay.tags)
+        self._pending.landed(backend, replay)
+        logger.warning("delivered queued %s", replay)
 
     async def _areplay_pending(self, backend: Backend) -> None:
-        tags, flush = self._pending.snapshot(backend)
-        if flush:
+        replay = self._pending.snapshot(backend)
+        if replay.flush:
             await backend.aflush()
-        elif tags:
-            await backend.ainvalidate(tags)
-        self._pending.landed(backend, tags, flush)
-        logger.warning("delivered queued %s", "namespace flush" if flush else f"invalidation of {list(tags)}")
+        elif replay.tags:
+            await backend.ainvalidate(replay.tags)
+        self._pending.landed(backend, replay)
+        logger.warning("delivered queued %s", replay)
 
     def _start_replayer(self) -> None:
         """Replay in the background too, so an idle process still delivers its queued invalidations
