@@ -85,9 +85,13 @@ class Catalog:
         return found
 
     def resolve(self, spelled: str) -> set[str]:
-        """Fullnames for one table name as written (unknown names are kept as written)."""
+        """Fullnames for one table name as written. An unknown name gives itself and its bare name: reads
+        of a table known only by name (``table("x")``) are tagged with its bare lower-case name too
+        (``statements.tables_read_by``), however they or this write qualify or capitalise it."""
         name = _QUOTES.sub("", spelled).lower()
-        return set(self.by_name.get(name) or self.by_name.get(name.rpartition(".")[2]) or {name})
+        bare = name.rpartition(".")[2]
+        known = self.by_name.get(name) or self.by_name.get(bare)
+        return set(known) if known else {name, bare}
 
     def tables_in_fragment(self, sql: str) -> set[str] | None:
         """Tables a ``text()`` fragment of a SELECT reads; ``None`` if it reads an unknown one."""

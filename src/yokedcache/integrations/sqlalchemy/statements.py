@@ -295,6 +295,9 @@ def _tables_of(compiled: Any, statement: Any) -> tuple[set[TableClause], frozens
             texts.append(element.text)
     remember_metadata(t for t in tables if isinstance(t, Table))
     names = {t.fullname for t in tables}
+    # A table in no MetaData is unknown to every catalog, so a raw write to it is matched by its bare
+    # lower-case name (Catalog.resolve), which its reads are therefore tagged with too.
+    names |= {t.name.lower() for t in tables if not isinstance(t, Table)}
     for text in texts:
         in_text = catalog().tables_in_fragment(text)
         if in_text is None:
