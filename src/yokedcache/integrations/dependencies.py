@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
+import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from typing import Any
 
@@ -36,6 +37,7 @@ from ..keys import normalize_tags
 from ..policy.cache import MISSING, YokedCache, get_default_cache
 from ..policy.reads import reads_of
 from .arguments import KeyBuilder
+from .sqlalchemy import inputs_predate
 
 AUTO_DETECT = "auto_detect"
 _PATCHED = ("commit", "rollback", "flush", "refresh", "close")
@@ -196,6 +198,12 @@ def _closing(gen: Generator[Any, Any, Any], error: BaseException) -> BaseExcepti
     return error
 
 
+def _vouched(tokens: list[str] | None, args: Any, kwargs: Any, since_ns: int) -> list[str] | None:
+    """``tokens``, or ``None`` (do not store) when the arguments carry database state loaded before
+    ``since_ns``: a session's identity map answers ``get`` from memory, so the value may predate them."""
+    return None if inputs_predate((*args, *kwargs.values()), since_ns) else tokens
+
+
 def _sync_generator(spec: _Spec) -> Callable[..., Generator[Any, Any, Any]]:
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         cache = spec.resolve_cache()
@@ -207,6 +215,7 @@ def _sync_generator(spec: _Spec) -> Callable[..., Generator[Any, Any, Any]]:
             if value is not MISSING:
                 yield value
                 return
+        since = time.monotonic_ns()
         with reads_of(cache, key or "_") as reads:  # tables it reads become tags of its value
             gen = spec.dependency(*args, **kwargs)
             first = next(gen)
@@ -221,7 +230,7 @@ def _sync_generator(spec: _Spec) -> Callable[..., Generator[Any, Any, Any]]:
             finally:
                 use.release()
         assert key is not None
-        all_tags, all_tokens = reads.merge_into(tags, tokens)
+        all_tags, all_tokens = reads.merge_into(tags, _vouched(tokens, args, kwargs, since))
         cache.store_computed_sync(key, first, all_tokens, all_tags, ttl=ttl)
         return (yield from _forward(gen, first))
 
@@ -239,6 +248,7 @@ def _async_generator(spec: _Spec) -> Callable[..., AsyncGenerator[Any, Any]]:
             if value is not MISSING:
                 yield value
                 return
+        since = time.monotonic_ns()
         with reads_of(cache, key or "_") as reads:
             agen = spec.dependency(*args, **kwargs)
             first = await agen.__anext__()
@@ -250,7 +260,7 @@ def _async_generator(spec: _Spec) -> Callable[..., AsyncGenerator[Any, Any]]:
         use = _SessionUse(first, spec, cache) if is_session else None
         if use is None:
             assert key is not None
-            all_tags, all_tokens = reads.merge_into(tags, tokens)
+            all_tags, all_tokens = reads.merge_into(tags, _vouched(tokens, args, kwargs, since))
             await cache.store_computed(key, first, all_tokens, all_tags, ttl=ttl)
         try:
             to_yield = first
@@ -287,13 +297,14 @@ def _sync_function(spec: _Spec) -> Callable[..., Any]:
             value, tokens = cache.get_or_capture_sync(key, tags, MISSING)
             if value is not MISSING:
                 return value
+        since = time.monotonic_ns()
         with reads_of(cache, key or "_") as reads:
             value = spec.dependency(*args, **kwargs)
         if spec.classify(value, key, key_error):
             _SessionUse(value, spec, cache)  # a returned session is the caller's: caching stays on
             return value
         assert key is not None
-        all_tags, all_tokens = reads.merge_into(tags, tokens)
+        all_tags, all_tokens = reads.merge_into(tags, _vouched(tokens, args, kwargs, since))
         cache.store_computed_sync(key, value, all_tokens, all_tags, ttl=ttl)
         return value
 
@@ -310,13 +321,14 @@ def _async_function(spec: _Spec) -> Callable[..., Any]:
             value, tokens = await cache.get_or_capture(key, tags, MISSING)
             if value is not MISSING:
                 return value
+        since = time.monotonic_ns()
         with reads_of(cache, key or "_") as reads:
             value = await spec.dependency(*args, **kwargs)
         if spec.classify(value, key, key_error):
             _SessionUse(value, spec, cache)
             return value
         assert key is not None
-        all_tags, all_tokens = reads.merge_into(tags, tokens)
+        all_tags, all_tokens = reads.merge_into(tags, _vouched(tokens, args, kwargs, since))
         await cache.store_computed(key, value, all_tokens, all_tags, ttl=ttl)
         return value
 
