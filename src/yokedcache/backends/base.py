@@ -55,11 +55,15 @@ def decode_recorded(header: bytes) -> tuple[tuple[str, str], ...] | None:
 
 @dataclass(frozen=True)
 class Inspected:
-    """A live entry's stored parts, for ``get_meta`` and listings."""
+    """A live entry's stored parts, for ``get_meta``, listings and reads inside a computation."""
 
     body: bytes
-    tags: tuple[str, ...]
+    recorded: tuple[tuple[str, str], ...]  # (tag, token) pairs as stored with the entry
     ttl_ms: int | None
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return tuple(tag for tag, _ in self.recorded)
 
 
 class Backend(ABC):

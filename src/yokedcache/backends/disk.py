@@ -211,7 +211,7 @@ class DiskCacheBackend(ThreadedBackend):
             if frame is None or any(self._token(t) != tok.encode() for t, tok in frame.recorded):
                 return None
         ttl_ms = None if expire_time is None else max(1, int((expire_time - time.time()) * 1000))
-        return Inspected(frame.body, tuple(tag for tag, _ in frame.recorded), ttl_ms)
+        return Inspected(frame.body, tuple(frame.recorded), ttl_ms)
 
     def capture_tokens(self, tags: Sequence[str]) -> list[str]:
         if not tags:

@@ -315,7 +315,7 @@ class MemcachedBackend(Backend):
         if frame is None:
             return None
         ttl_ms = max(1, frame.expires_at - _now_ms()) if frame.expires_at else None
-        return Inspected(frame.body, tuple(tag for tag, _ in frame.recorded), ttl_ms)
+        return Inspected(frame.body, tuple(frame.recorded), ttl_ms)
 
     def _op_ttl(self, key: str) -> Op[int | None]:
         found = yield from self._op_inspect(key)

@@ -123,7 +123,7 @@ class MemoryBackend(InProcessBackend):
             if slot is None:
                 return None
             ttl_ms = None if slot.expires_at is None else max(1, int((slot.expires_at - now) * 1000))
-            return Inspected(slot.body, tuple(tag for tag, _ in slot.tags), ttl_ms)
+            return Inspected(slot.body, tuple(slot.tags), ttl_ms)
 
     def capture_tokens(self, tags: Sequence[str]) -> list[str]:
         with self._lock:

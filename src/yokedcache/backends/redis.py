@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 from ..exceptions import CacheConnectionError
 from ..keys import escape_glob
 from . import _redis_scripts as lua
-from .base import Backend, Inspected, new_token
+from .base import Backend, Inspected, decode_recorded, new_token
 
 try:  # the `redis` extra
     import redis as _redis
@@ -179,13 +179,13 @@ def _frame_or_tokens(found: Any) -> tuple[bytes | None, list[str] | None]:
     return _body(found), None
 
 
-def _split_frame(frame: bytes) -> tuple[tuple[str, ...], bytes]:
+def _split_frame(frame: bytes) -> tuple[tuple[tuple[str, str], ...], bytes] | None:
+    """The (tag, token) pairs a stored frame recorded and its body; ``None`` for a garbled header."""
     end = frame.find(_HEADER_END)
     if end < 0:
         return (), frame
-    header = frame[:end].decode("utf-8", "replace")
-    tags = tuple(pair.split("\x1f", 1)[0] for pair in header.split("\x1e") if pair)
-    return tags, frame[end + 1 :]
+    recorded = decode_recorded(frame[:end])
+    return None if recorded is None else (recorded, frame[end + 1 :])
 
 
 def _parse_sentinel(url: str) -> tuple[list[tuple[str, int]], str, int, dict[str, Any]]:
@@ -562,8 +562,11 @@ class RedisBackend(Backend):
         if not found:
             return None
         frame, pttl = found
-        tags, body = _split_frame(frame)
-        return Inspected(body, tags, None if pttl < 0 else int(pttl))
+        parts = _split_frame(frame)
+        if parts is None:
+            return None  # a header the scripts could match but we cannot read: garbage, a miss
+        recorded, body = parts
+        return Inspected(body, recorded, None if pttl < 0 else int(pttl))
 
     # --- sync face ---------------------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:

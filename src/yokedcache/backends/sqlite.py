@@ -382,7 +382,7 @@ class SQLiteBackend(ThreadedBackend):
         if row is None:
             return None
         ttl_ms = None if row.expires_at is None else max(1, int((row.expires_at - time.time()) * 1000))
-        return Inspected(row.body, tuple(tag for tag, _ in row.recorded or ()), ttl_ms)
+        return Inspected(row.body, tuple(row.recorded or ()), ttl_ms)
 
     def _create_tokens(self, conn: sqlite3.Connection, tags: Sequence[str]) -> dict[str, str]:
         current = self._tokens(conn, tags)

@@ -37,7 +37,7 @@ from ..keys import normalize_tags
 from ..models import SerializationMethod
 from ..policy.cache import MISSING, StorePlan, YokedCache, get_default_cache
 from .arguments import KeyBuilder
-from .sqlalchemy import inputs_predate
+from .sqlalchemy import answer_for_held_sessions, inputs_predate
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("yokedcache")
@@ -269,21 +269,28 @@ class _Options:
             cache.metrics.record_function(self.name, hit, seconds)
 
 
+def _fill_options(opts: _Options, cache: YokedCache, args: Any, kwargs: Any, shared: bool) -> dict[str, Any]:
+    """How ``fill`` computes a miss of this function (``shared``: with single flight and the lock)."""
+    inputs = (*args, *kwargs.values())
+    return {
+        "tags": opts.tags_for(args, kwargs),
+        "serialization": opts.serialization,
+        "single_flight": shared and opts.single_flight,
+        "plan": opts.plan(cache),
+        "lock": opts.lock_timeout if shared and opts.lock else None,
+        "vouched": not inputs_predate(inputs, time.monotonic_ns()),
+        # a repository's ``self.session`` may answer from its identity map, which sends no SQL to track
+        "prepare": lambda frame: answer_for_held_sessions(frame, inputs),
+    }
+
+
 def _make_async(opts: _Options) -> Callable[..., Any]:
     func = opts.func
 
     def fill(cache: YokedCache, key: str, args: Any, kwargs: Any, shared: bool) -> Any:
         """Run the function for a miss (``shared``: with single flight and the lock) and store it."""
-        return cache.fill(
-            key,
-            lambda: func(*args, **kwargs),
-            tags=opts.tags_for(args, kwargs),
-            serialization=opts.serialization,
-            single_flight=shared and opts.single_flight,
-            plan=opts.plan(cache),
-            lock=opts.lock_timeout if shared and opts.lock else None,
-            vouched=not inputs_predate((*args, *kwargs.values()), time.monotonic_ns()),
-        )
+        options = _fill_options(opts, cache, args, kwargs, shared)
+        return cache.fill(key, lambda: func(*args, **kwargs), **options)
 
     def refresh_in_background(cache: YokedCache, key: str, args: Any, kwargs: Any) -> None:
         if not opts.claim_refresh(key):
@@ -348,16 +355,8 @@ def _make_sync(opts: _Options) -> Callable[..., Any]:
     func = opts.func
 
     def fill(cache: YokedCache, key: str, args: Any, kwargs: Any, shared: bool) -> Any:
-        return cache.fill_sync(
-            key,
-            lambda: func(*args, **kwargs),
-            tags=opts.tags_for(args, kwargs),
-            serialization=opts.serialization,
-            single_flight=shared and opts.single_flight,
-            plan=opts.plan(cache),
-            lock=opts.lock_timeout if shared and opts.lock else None,
-            vouched=not inputs_predate((*args, *kwargs.values()), time.monotonic_ns()),
-        )
+        options = _fill_options(opts, cache, args, kwargs, shared)
+        return cache.fill_sync(key, lambda: func(*args, **kwargs), **options)
 
     def refresh_in_background(cache: YokedCache, key: str, args: Any, kwargs: Any) -> None:
         if not opts.claim_refresh(key):

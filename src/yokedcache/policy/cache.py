@@ -26,7 +26,7 @@ from ..exceptions import CacheConnectionError, CacheError, CacheSerializationErr
 from ..keys import check_key, escape_glob, normalize_tags
 from ..models import CacheStats, FuzzySearchResult, SerializationMethod
 from .pending import PendingInvalidations
-from .reads import reads_of
+from .reads import ReadFrame, current_frame, reads_of
 from .resilience import BurstLogger, CircuitBreaker, backoff, is_transient, logger
 from .singleflight import SingleFlight
 
@@ -455,9 +455,28 @@ class YokedCache:
         """Remove an entry that could not be decoded, so it is not fetched and rejected again."""
         yield backend, "delete", ([full],)
 
+    def _op_body(self, backend: Backend, full: str) -> Op[bytes | None]:
+        """The stored body of ``full``. Inside a computation (a read frame is open), the entry's value
+        becomes part of the computed one, so the (tag, token) pairs it recorded join the frame: the
+        computed value is then stored only while they are current, and retired with the entry. Still
+        one request: ``inspect`` returns the body and its recorded pairs together."""
+        frame = current_frame()
+        if frame is None:
+            body: bytes | None = yield backend, "get", (full,)
+            return body
+        found = yield backend, "inspect", (full,)
+        if found is None:
+            return None
+        if found.recorded:
+            if frame.cache is self and self._route(frame.key) is backend:
+                frame.add(found.tags, [token for _, token in found.recorded])
+            else:
+                frame.safe = False  # tokens of another cache or route mean nothing where it will be stored
+        return found.body
+
     def _op_get(self, key: str, default: Any, count: bool = True) -> Op[Any]:
         backend, full = self._full(key)
-        body = yield backend, "get", (full,)
+        body = yield from self._op_body(backend, full)
         value = self._read(full, body, count)
         if value is _GARBAGE:
             yield from self._op_drop_garbage(backend, full)
@@ -525,9 +544,15 @@ class YokedCache:
         for _, backend, full in located:
             by_backend.setdefault(backend, []).append(full)
         bodies: dict[str, bytes | None] = {}
+        framed = current_frame() is not None
         for backend, fulls in by_backend.items():
             try:
-                found = yield backend, "get_many", (fulls,)
+                if framed:  # each entry's recorded tokens join the computation's frame
+                    found = []
+                    for full in fulls:
+                        found.append((yield from self._op_body(backend, full)))
+                else:
+                    found = yield backend, "get_many", (fulls,)
             except CacheConnectionError as exc:
                 if len(by_backend) == 1:
                     raise
@@ -585,20 +610,22 @@ class YokedCache:
         if not tag_list:
             return 0
         total = 0
-        try:
-            for backend in self.backends:
+        failure: CacheConnectionError | None = None
+        for backend in self.backends:  # every backend it can reach is invalidated now, whatever the others do
+            try:
                 total += yield backend, "invalidate", (tag_list,)
-        except CacheConnectionError as exc:
-            for backend in self.backends:
+            except CacheConnectionError as exc:
+                failure = exc
                 self._pending.add(backend, tag_list)
+        if failure is not None:
             self._start_replayer()
             logger.error(
                 "invalidation of %s could not reach the backend; queued for replay (%d pending): %s",
                 list(tag_list),
                 self._pending.size(),
-                exc,
+                failure,
             )
-            raise
+            raise failure
         self._stats.invalidations += len(tag_list)
         if self.metrics is not None:
             self.metrics.record_invalidation(len(tag_list))
@@ -750,9 +777,11 @@ class YokedCache:
     async def get(self, key: str, default: Any = None) -> Any:
         """The live value stored under ``key``, else ``default`` (so a cached ``None`` is told apart)."""
         # Written out rather than run as an operation generator: this is the hit path.
+        if current_frame() is not None:
+            return await self._arun(self._op_get(key, default), default)
         backend, full = self._full(key)
         try:
-            if backend.in_process and self._plain:
+            if backend.in_process and self._plain and not self._pending:
                 body = backend.get(full)  # no I/O: skip the coroutine of its async face
             else:
                 body = await self._acall((backend, "get", (full,)))
@@ -1000,7 +1029,7 @@ class YokedCache:
 
     def _op_lookup(self, key: str) -> Op[Opened | None]:
         backend, full = self._full(key)
-        body = yield backend, "get", (full,)
+        body = yield from self._op_body(backend, full)
         opened = self.decode(full, body)
         if opened is None and body is not None:
             yield from self._op_drop_garbage(backend, full)
@@ -1074,12 +1103,15 @@ class YokedCache:
         plan: Callable[[Any, float], StorePlan | None] | None = None,
         lock: float | None = None,
         vouched: bool = True,
+        prepare: Callable[[ReadFrame], None] | None = None,
     ) -> Any:
         """Compute a missing value for ``key`` with ``produce`` and store it (see the note above).
 
         ``plan(value, seconds)`` says how to store a result (``StorePlan``) or ``None`` to not store it.
         ``vouched=False``: the inputs may predate the tokens (e.g. objects already loaded in a session), so
         the value is returned to this caller only: neither stored nor shared with concurrent callers.
+        ``prepare(frame)`` runs in the read frame just before ``produce``, to make it answer for data the
+        computation may use without a read the frame would see.
         """
         called_at = time.monotonic()
 
@@ -1087,6 +1119,8 @@ class YokedCache:
             tokens = await self.capture_tokens(tags, key) if vouched else None
             clock = time.perf_counter()
             with reads_of(self, key) as reads:  # the tables its SQL reads become tags of the value
+                if prepare is not None:
+                    prepare(reads)
                 value = await produce()
             seconds = time.perf_counter() - clock
             all_tags, all_tokens = reads.merge_into(tags, tokens)
@@ -1101,6 +1135,8 @@ class YokedCache:
             if not fresh and outcome != "stale" and all_tokens is not None:
                 proven_at = time.monotonic()
                 fresh = all_tokens == (await self.capture_tokens(all_tags, key))
+            if reads.older:  # started after a caller does not mean it read data newer than its call
+                started_at = -math.inf
             return value, started_at, proven_at if fresh else None
 
         async def run() -> tuple[Any, float, float | None]:
@@ -1147,6 +1183,7 @@ class YokedCache:
         plan: Callable[[Any, float], StorePlan | None] | None = None,
         lock: float | None = None,
         vouched: bool = True,
+        prepare: Callable[[ReadFrame], None] | None = None,
     ) -> Any:
         """Sync twin of ``fill``: concurrent threads missing one key share one ``produce`` call."""
         called_at = time.monotonic()
@@ -1155,6 +1192,8 @@ class YokedCache:
             tokens = self.capture_tokens_sync(tags, key) if vouched else None
             clock = time.perf_counter()
             with reads_of(self, key) as reads:
+                if prepare is not None:
+                    prepare(reads)
                 value = produce()
             seconds = time.perf_counter() - clock
             all_tags, all_tokens = reads.merge_into(tags, tokens)
@@ -1169,6 +1208,8 @@ class YokedCache:
             if not fresh and outcome != "stale" and all_tokens is not None:
                 proven_at = time.monotonic()
                 fresh = all_tokens == self.capture_tokens_sync(all_tags, key)
+            if reads.older:  # started after a caller does not mean it read data newer than its call
+                started_at = -math.inf
             return value, started_at, proven_at if fresh else None
 
         def run() -> tuple[Any, float, float | None]:
@@ -1228,6 +1269,8 @@ class YokedCache:
         self.disconnect_sync()
 
     def get_sync(self, key: str, default: Any = None) -> Any:
+        if current_frame() is not None:
+            return self._run(self._op_get(key, default), default)
         backend, full = self._full(key)
         try:
             body = self._call((backend, "get", (full,)))

@@ -29,13 +29,17 @@ from typing import Any
 class ReadFrame:
     """The tags (and their tokens, as captured before each read) a computation's value depends on."""
 
-    __slots__ = ("cache", "key", "opened_ns", "safe", "tokens")
+    __slots__ = ("cache", "key", "older", "opened_ns", "safe", "tokens")
 
     def __init__(self, cache: Any, key: str) -> None:
         self.cache = cache  # the YokedCache the value will be stored in: tokens come from its backend
         self.key = key  # the value's key: routes token captures to the backend that will store it
         self.tokens: dict[str, str] = {}
         self.safe = True
+        # Set when the computation used data read before it began (objects a session loaded earlier, a
+        # snapshot transaction's reads): its result is then no proof of freshness for a caller that
+        # arrived before the computation started (single flight must not hand it over on that ground).
+        self.older = False
         # Data loaded before this moment (objects already in a session) may predate tokens captured now:
         # a value computed from it cannot be vouched for, so integrations mark the frame unsafe.
         self.opened_ns = time.monotonic_ns()
@@ -73,6 +77,7 @@ class ReadFrame:
 
     def absorb(self, inner: ReadFrame) -> None:
         """An inner computation's reads are reads of this one too (tokens only mean something per cache)."""
+        self.older = self.older or inner.older
         if inner.cache is not self.cache:
             self.safe = self.safe and not inner.tokens and inner.safe
             return

@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from sqlalchemy.engine import Result
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql.elements import (
     ReleaseSavepointClause,
@@ -144,11 +145,24 @@ def vouch_for_older_state(frame: ReadFrame, session: Any, mappers: frozenset[Any
     """Make ``frame`` answer for objects of ``session`` loaded before it opened: adopt their load-time
     tokens, or mark the frame unsafe when an object has none (loaded outside any tracked computation)."""
     for state in _older_states(session, frame.opened_ns, mappers):
+        frame.older = True
         stamped = state.info.get(LOADED_TOKENS)
         if stamped is None or stamped[0] is not frame.cache:
             frame.safe = False
             return
         frame.tokens.update(stamped[1])  # the older token wins: a commit since the load fails the store
+
+
+def vouch_for_held_sessions(frame: ReadFrame, arguments: Any) -> None:
+    """``vouch_for_older_state`` for every session an argument holds as an attribute (one level deep)."""
+    for value in arguments:
+        attributes = getattr(value, "__dict__", None)
+        if not attributes:
+            continue
+        for held in list(attributes.values()):
+            session = held.sync_session if isinstance(held, AsyncSession) else held
+            if isinstance(session, Session):
+                vouch_for_older_state(frame, session, None)
 
 
 def holds_older_state(session: Any, moment_ns: int, mappers: frozenset[Any] | None = None) -> bool:
@@ -521,6 +535,7 @@ def record_read(
     writes.register(engine, frame.cache)  # so this database's commits reach the frame's cache
     tags = ["table:*", *(f"table:{t}" for t in sorted(tables))]
     if start is not None:  # all of them: a start token differing from an earlier capture makes it unsafe
+        frame.older = True  # the snapshot may have been taken before the computation began
         frame.add(tags, snapshots.tokens_for(start, tags))
         return
     missing = frame.missing(tags)
