@@ -6,6 +6,7 @@ repository whose session answers from its identity map."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -185,3 +186,43 @@ def test_cached_method_over_objects_loaded_in_a_cached_computation_is_stored_and
         writer.commit()
     with env.plain() as session:
         assert Repository(session).name_of(1) == "al"  # the commit retired it (it adopted table tags)
+
+
+# The interleaving needs the leader's second call to reach its computation without suspending (an
+# in-process backend answers without yielding to the event loop); over Redis the joiner would start first.
+@pytest.mark.parametrize("env", ["sqlite+memory"], indirect=True)
+async def test_a_joiner_does_not_take_a_later_flight_computed_from_older_session_state(env: Env) -> None:
+    """A caller that joins a computation which started after its call usually gets data newer than its
+    call; not when that computation answered from objects its session had loaded before."""
+    release = asyncio.Event()
+
+    class Repository:
+        def __init__(self, session: Session, wait: bool = False) -> None:
+            self.session = session
+            self.wait = wait
+
+        @cached(cache=env.cache, ttl=600, tags="authors")
+        async def name_of(self, author_id: int) -> str:
+            if self.wait:
+                await release.wait()  # the first computation is slow: the commit lands meanwhile
+            await asyncio.sleep(0.01)  # every computation yields at least once
+            return self.session.get(Author, author_id).name  # type: ignore[union-attr]
+
+    with env.plain() as old, env.plain() as first, env.plain() as late:
+        held = old.get(Author, 1)  # noqa: F841  (loaded before the write; held in the identity map)
+
+        async def first_then_old() -> tuple[str, str]:
+            value = await Repository(first, wait=True).name_of(1)  # flight 1: its store will be refused
+            return value, await Repository(old).name_of(1)  # flight 2, from the older session state
+
+        leader = asyncio.ensure_future(first_then_old())
+        await asyncio.sleep(0.05)
+        with env.session() as writer:
+            writer.get(Author, 1).name = "al"  # type: ignore[union-attr]
+            writer.commit()
+        await env.cache.invalidate_tags("authors")
+        joiner = asyncio.ensure_future(Repository(late).name_of(1))  # called after the commit returned
+        await asyncio.sleep(0.05)  # it joins flight 1, which started before it: not taken; it tries again
+        release.set()
+        assert await joiner == "al"
+        assert (await leader)[1] == "ada"  # the older session's own view, never shared
