@@ -96,8 +96,13 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def cache_config(backend_kind: str, prefix: str, request: pytest.FixtureRequest) -> dict[str, object]:
-    """Keyword arguments for a YokedCache on the parametrized backend."""
-    options: dict[str, object] = {"key_prefix": prefix, "ttl_jitter_percent": 0}
+    """Keyword arguments for a YokedCache on the parametrized backend.
+
+    ``operation_timeout`` is generous: on a loaded machine a batch (or 50 concurrent calls) can take longer
+    than the 0.5 s default, and a timed-out operation silently degrades to a miss or an unstored value,
+    failing tests that are not about timeouts. Tests of the timeout set their own.
+    """
+    options: dict[str, object] = {"key_prefix": prefix, "ttl_jitter_percent": 0, "operation_timeout": 5.0}
     if backend_kind == "redis":
         options["redis_url"] = request.getfixturevalue("redis_url")
     return options

@@ -145,8 +145,9 @@ def counter(unix_redis: PrivateRedis) -> Iterator[CommandCounter]:
 
 @pytest.fixture
 def private_cache(unix_redis: PrivateRedis, prefix: str) -> Iterator[YokedCache]:
+    # a generous operation timeout (see conftest.cache_config): these tests count commands, not time
     cache = YokedCache(redis_url=unix_url(unix_redis), key_prefix=prefix, ttl_jitter_percent=0,
-                       stats_publish_interval=0)
+                       stats_publish_interval=0, operation_timeout=5.0)
     yield cache
     cache.flush_all_sync()
     cache.disconnect_sync()
@@ -161,7 +162,7 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def shared_cache(redis_url: str, prefix: str) -> Iterator[YokedCache]:
-    cache = YokedCache(redis_url=redis_url, key_prefix=prefix, ttl_jitter_percent=0)
+    cache = YokedCache(redis_url=redis_url, key_prefix=prefix, ttl_jitter_percent=0, operation_timeout=5.0)
     yield cache
     cache.flush_all_sync()
     cache.disconnect_sync()
@@ -387,9 +388,12 @@ async def test_invalidating_a_tag_on_20000_entries_is_one_constant_script_call(
     assert observer.dbsize() == size_before - 2  # only the two write counters went; no entry was touched
 
     # every entry is a miss for another instance (a fresh client: what another process sees)
-    other = YokedCache(redis_url=unix_url(unix_redis), key_prefix=cache.config.key_prefix)
+    other = YokedCache(
+        redis_url=unix_url(unix_redis), key_prefix=cache.config.key_prefix, operation_timeout=5.0
+    )
     found = other.get_many_sync(list(big))
     assert sum(v is not None for v in found.values()) == 0
+    assert other.get_stats_sync().errors == 0  # really read as misses, not a timed-out read's defaults
     assert await cache.get("lonely") is None
     assert await cache.set("e1", "new", tags="big") is True  # writing after the invalidation is live
     assert other.get_sync("e1") == "new"
