@@ -191,6 +191,21 @@ async def test_joiners_that_start_after_an_invalidation_get_a_fresh_value(cache:
     assert await read_user() == 2
 
 
+async def _write_while_a_leader_computes(
+    read_user: Any, source: Source, writer: YokedCache, reached: asyncio.Event, go_on: asyncio.Event
+) -> tuple[int, int]:
+    """Start a call and wait until it ``reached`` its pause; commit version 2 and invalidate through
+    ``writer``; start a late call; let the first go on. Returns (first call's value, late call's value)."""
+    leader = asyncio.ensure_future(read_user())
+    await reached.wait()
+    source.version = 2
+    await writer.invalidate_tags(["users"])
+    late = asyncio.ensure_future(read_user())
+    await asyncio.sleep(0.05)  # the late call misses and joins the first one's computation
+    go_on.set()
+    return await leader, await late
+
+
 async def test_invalidation_from_another_cache_instance_also_guards_joiners(
     cache: YokedCache, cache_config: dict[str, Any], backend_kind: str
 ) -> None:
@@ -209,15 +224,7 @@ async def test_invalidation_from_another_cache_instance_also_guards_joiners(
             await release.wait()
         return seen
 
-    leader = asyncio.ensure_future(read_user())
-    await entered.wait()
-    source.version = 2
-    await other.invalidate_tags(["users"])
-    late = asyncio.ensure_future(read_user())
-    await asyncio.sleep(0.01)
-    release.set()
-    assert await leader == 1
-    assert await late == 2
+    assert await _write_while_a_leader_computes(read_user, source, other, entered, release) == (1, 2)
     assert await read_user() == 2
     await other.disconnect()
 
@@ -310,15 +317,7 @@ async def test_joiner_after_the_store_and_an_invalidation_gets_a_fresh_value(cac
         source.reads += 1
         return source.version
 
-    leader = asyncio.ensure_future(read_user())
-    await stored.wait()
-    source.version = 2
-    await cache.invalidate_tags(["users"])
-    late = asyncio.ensure_future(read_user())
-    await asyncio.sleep(0.05)
-    resume.set()
-    assert await leader == 1
-    assert await late == 2
+    assert await _write_while_a_leader_computes(read_user, source, cache, stored, resume) == (1, 2)
     assert source.reads == 2
 
 
