@@ -37,7 +37,7 @@ from ..keys import normalize_tags
 from ..models import SerializationMethod
 from ..policy.cache import MISSING, StorePlan, YokedCache, get_default_cache
 from .arguments import KeyBuilder
-from .sqlalchemy import answer_for_held_sessions, inputs_predate
+from .sqlalchemy import inputs_predate
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("yokedcache")
@@ -271,16 +271,13 @@ class _Options:
 
 def _fill_options(opts: _Options, cache: YokedCache, args: Any, kwargs: Any, shared: bool) -> dict[str, Any]:
     """How ``fill`` computes a miss of this function (``shared``: with single flight and the lock)."""
-    inputs = (*args, *kwargs.values())
     return {
         "tags": opts.tags_for(args, kwargs),
         "serialization": opts.serialization,
         "single_flight": shared and opts.single_flight,
         "plan": opts.plan(cache),
         "lock": opts.lock_timeout if shared and opts.lock else None,
-        "vouched": not inputs_predate(inputs, time.monotonic_ns()),
-        # a repository's ``self.session`` may answer from its identity map, which sends no SQL to track
-        "prepare": lambda frame: answer_for_held_sessions(frame, inputs),
+        "vouched": not inputs_predate((*args, *kwargs.values()), time.monotonic_ns()),
     }
 
 

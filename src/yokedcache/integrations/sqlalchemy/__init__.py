@@ -16,7 +16,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and documentation tools; at run time see __getattr__ below
-    from ...policy.reads import ReadFrame
     from .session import QueryCaching, cache_queries, is_caching, stop_caching, track_writes
     from .stats import QueryStats
 
@@ -56,17 +55,6 @@ def inputs_predate(arguments: Any, moment_ns: int) -> bool:
     from .reads import inputs_predate as check
 
     return check(arguments, moment_ns)
-
-
-def answer_for_held_sessions(frame: ReadFrame, arguments: Any) -> None:
-    """Make ``frame`` answer for what sessions held by call arguments (a repository's ``self.session``)
-    loaded before it opened: they can answer ``get`` from their identity maps, which sends no SQL for
-    the listeners to see. A no-op while SQLAlchemy is not in use."""
-    if "sqlalchemy" not in sys.modules:
-        return
-    from .reads import vouch_for_held_sessions
-
-    vouch_for_held_sessions(frame, arguments)
 
 
 def __getattr__(name: str) -> Any:

@@ -32,7 +32,6 @@ import time
 from typing import Any
 
 from sqlalchemy.engine import Result
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql.elements import (
     ReleaseSavepointClause,
@@ -151,18 +150,6 @@ def vouch_for_older_state(frame: ReadFrame, session: Any, mappers: frozenset[Any
             frame.safe = False
             return
         frame.tokens.update(stamped[1])  # the older token wins: a commit since the load fails the store
-
-
-def vouch_for_held_sessions(frame: ReadFrame, arguments: Any) -> None:
-    """``vouch_for_older_state`` for every session an argument holds as an attribute (one level deep)."""
-    for value in arguments:
-        attributes = getattr(value, "__dict__", None)
-        if not attributes:
-            continue
-        for held in list(attributes.values()):
-            session = held.sync_session if isinstance(held, AsyncSession) else held
-            if isinstance(session, Session):
-                vouch_for_older_state(frame, session, None)
 
 
 def holds_older_state(session: Any, moment_ns: int, mappers: frozenset[Any] | None = None) -> bool:
