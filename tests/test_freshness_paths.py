@@ -1,8 +1,8 @@
 """Less travelled paths to the freshness guarantee: a reader that starts after an invalidation (or a commit
 on a watched database) returned is never served older data. Each test forces one interleaving: nested
-cached values, dependency values computed from a session's earlier state, an invalidation queued while
-the shared backend is down next to an in-process route, raw writes to tables known only by name, and a
-repository whose session answers from its identity map."""
+cached values (hit, miss, and shared through single flight), dependency values computed from a session's
+earlier state, an invalidation queued while the shared backend is down next to an in-process route,
+writes to tables known only by name, and single-flight joiners."""
 
 from __future__ import annotations
 
@@ -44,6 +44,49 @@ def test_outer_cached_value_over_an_inner_cached_hit_is_retired_by_the_commit(en
         session.commit()
     assert author_name(1) == "al"  # the inner value was retired, as promised
     assert greeting(1) == "hello al"  # the outer one must be too
+
+
+async def test_outer_value_carries_the_tags_of_an_inner_value_it_computed(cache: YokedCache) -> None:
+    data = {"v": 1}
+
+    @cached(cache=cache, ttl=600, tags=["inner"])
+    async def inner() -> int:
+        return data["v"]
+
+    @cached(cache=cache, ttl=600)
+    async def outer() -> int:
+        return await inner() * 10
+
+    assert await outer() == 10  # the inner value is computed (a miss) inside the outer computation
+    data["v"] = 2
+    await cache.invalidate_tags(["inner"])
+    assert await outer() == 20
+
+
+async def test_a_joiner_inside_its_own_computation_learns_what_the_shared_result_read(
+    cache: YokedCache,
+) -> None:
+    gate = asyncio.Event()
+
+    @cached(cache=cache, ttl=600)
+    async def inner() -> int:
+        await gate.wait()
+        return int(await cache.get("base", 0))  # a cached value tagged "base"
+
+    @cached(cache=cache, ttl=600)
+    async def outer(n: int) -> int:
+        return await inner() * 10 + n
+
+    await cache.set("base", 1, tags=["base"])
+    leading = asyncio.ensure_future(outer(1))  # its inner() call computes...
+    await asyncio.sleep(0.05)
+    joining = asyncio.ensure_future(outer(2))  # ...this one's inner() call joins it
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert (await leading, await joining) == (11, 12)
+    await cache.invalidate_tags(["base"])  # retires everything computed from the old "base"...
+    await cache.set("base", 2, tags=["base"])
+    assert (await inner(), await outer(1), await outer(2)) == (2, 21, 22)  # ...the joiner's value included
 
 
 # --- a dependency value computed from a session's earlier state is not stored -----------------------------
@@ -104,8 +147,23 @@ async def test_a_queued_invalidation_hides_the_entries_of_an_in_process_route_at
 # --- a raw write to a table known only by name, however it is spelled -----------------------------------
 
 
+def _schema_qualified_raw_update(env: Env, schema: str) -> None:
+    with env.engine.connect() as conn:  # raw SQL on the watched database, schema-qualified
+        conn.exec_driver_sql(f"UPDATE {schema}.yc_name_only SET n = n + 1 WHERE id = 1")
+        conn.commit()
+
+
+def _core_update_through_a_qualified_clause(env: Env, schema: str) -> None:
+    qualified = table("yc_name_only", column("id"), column("n"), schema=schema)
+    with env.engine.begin() as conn:  # Core, through another lightweight clause spelling the schema
+        conn.execute(qualified.update().where(qualified.c.id == 1).values(n=qualified.c.n + 1))
+
+
+@pytest.mark.parametrize("write", [_schema_qualified_raw_update, _core_update_through_a_qualified_clause])
 @pytest.mark.parametrize("env", ["postgres+redis"], indirect=True)
-def test_a_raw_write_to_an_uncatalogued_table_retires_cached_reads_of_it(env: Env, pg_schema: str) -> None:
+def test_a_write_to_an_uncatalogued_table_retires_cached_reads_of_it(
+    env: Env, pg_schema: str, write: Any
+) -> None:
     with env.engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE IF EXISTS yc_name_only")
         conn.exec_driver_sql("CREATE TABLE yc_name_only (id INTEGER PRIMARY KEY, n INTEGER)")
@@ -122,70 +180,11 @@ def test_a_raw_write_to_an_uncatalogued_table_retires_cached_reads_of_it(env: En
         env.sql()
         assert read() == 1
         assert env.sql() == 0  # served from the cache
-        with env.engine.connect() as conn:  # raw SQL on the watched database, schema-qualified
-            conn.exec_driver_sql(f"UPDATE {pg_schema}.yc_name_only SET n = 2 WHERE id = 1")
-            conn.commit()
+        write(env, pg_schema)
         assert read() == 2
     finally:
         with env.engine.begin() as conn:
             conn.exec_driver_sql("DROP TABLE IF EXISTS yc_name_only")
-
-
-# --- a repository's session answering from its identity map inside @cached --------------------------------
-
-
-def test_cached_method_reading_an_object_its_session_loaded_earlier_is_not_stored(env: Env) -> None:
-    class Repository:
-        def __init__(self, session: Session) -> None:
-            self.session = session
-
-        @cached(cache=env.cache, ttl=600, tags="authors")
-        def name_of(self, author_id: int) -> str:
-            return self.session.get(Author, author_id).name  # type: ignore[union-attr]
-
-    with env.plain() as early:
-        repository = Repository(early)
-        loaded = early.get(Author, 1)  # noqa: F841  (the request loaded it before the write)
-        with env.session() as writer:
-            writer.get(Author, 1).name = "al"  # type: ignore[union-attr]
-            writer.commit()
-        env.cache.invalidate_tags_sync("authors")
-        assert repository.name_of(1) == "ada"  # its session's view, as SQLAlchemy defines it...
-    with env.plain() as later:
-        assert Repository(later).name_of(1) == "al"  # ...but never handed to a request that came later
-
-
-def test_cached_method_over_objects_loaded_in_a_cached_computation_is_stored_and_retired(env: Env) -> None:
-    """Objects the repository's session loaded inside a tracked computation carry the tokens captured then:
-    a later method answering from them is stored under those tokens, and a commit since retires it."""
-
-    class Repository:
-        def __init__(self, session: Session) -> None:
-            self.session = session
-
-        @cached(cache=env.cache, ttl=600)
-        def load(self, author_id: int) -> int:
-            self.held = self.session.scalars(select(Author).where(Author.id == author_id)).one()
-            return self.held.id  # held: the identity map keeps only referenced objects
-
-        @cached(cache=env.cache, ttl=600)
-        def name_of(self, author_id: int) -> str:
-            return self.session.get(Author, author_id).name  # type: ignore[union-attr]
-
-    with env.plain() as session:
-        repository = Repository(session)
-        assert repository.load(1) == 1  # loads Author 1 into the session, inside a tracked computation
-        env.sql()
-        assert repository.name_of(1) == "ada"  # answered from the identity map: no SQL...
-        assert env.sql() == 0
-    with env.plain() as session:
-        assert Repository(session).name_of(1) == "ada"  # ...yet stored: a hit, no SQL either
-        assert env.sql() == 0
-    with env.session() as writer:
-        writer.get(Author, 1).name = "al"  # type: ignore[union-attr]
-        writer.commit()
-    with env.plain() as session:
-        assert Repository(session).name_of(1) == "al"  # the commit retired it (it adopted table tags)
 
 
 # The interleaving needs the leader's second call to reach its computation without suspending (an
@@ -206,7 +205,8 @@ async def test_a_joiner_does_not_take_a_later_flight_computed_from_older_session
             if self.wait:
                 await release.wait()  # the first computation is slow: the commit lands meanwhile
             await asyncio.sleep(0.01)  # every computation yields at least once
-            return self.session.get(Author, author_id).name  # type: ignore[union-attr]
+            # a query returns the object already in the identity map as it was loaded (no refresh)
+            return self.session.scalars(select(Author).where(Author.id == author_id)).one().name
 
     with env.plain() as old, env.plain() as first, env.plain() as late:
         held = old.get(Author, 1)  # noqa: F841  (loaded before the write; held in the identity map)
@@ -226,3 +226,31 @@ async def test_a_joiner_does_not_take_a_later_flight_computed_from_older_session
         release.set()
         assert await joiner == "al"
         assert (await leader)[1] == "ada"  # the older session's own view, never shared
+
+
+def test_a_raw_write_also_retires_name_only_reads_sharing_a_known_tables_name() -> None:
+    from sqlalchemy import Column, Integer, MetaData, Table
+
+    from yokedcache.integrations.sqlalchemy.catalog import Catalog, name_only_tags
+
+    known = Table("daily", MetaData(), Column("id", Integer, primary_key=True), schema="reporting")
+    catalog = Catalog.build([known])
+    read_tags = set(name_only_tags(table("daily", column("id"))))  # a lightweight read of "daily"
+    written = catalog.written_by_sql("UPDATE daily SET id = 2")
+    assert "reporting.daily" in written  # the known table...
+    assert read_tags <= written  # ...and the name-only reads of the same name
+
+
+def test_a_memory_entry_read_inside_a_computation_counts_as_used() -> None:
+    cache = YokedCache(memory_max_size=3)  # the memory backend evicts the least recently used entry
+
+    @cached(cache=cache, ttl=600)
+    def reads_hot() -> int:
+        return int(cache.get_sync("hot"))
+
+    cache.set_sync("hot", 1, tags=["t"])
+    cache.set_sync("cold", 2, tags=["t"])
+    assert reads_hot() == 1  # "hot" is read inside the computation, whose value takes the third slot...
+    cache.set_sync("new", 3)  # ...so the least recently used is "cold", not "hot"
+    assert cache.get_sync("hot") == 1
+    assert cache.get_sync("cold") is None

@@ -122,6 +122,7 @@ class MemoryBackend(InProcessBackend):
             slot = self._live(key, now)
             if slot is None:
                 return None
+            self._entries.move_to_end(key)  # a read inside a computation is a use, as get() is
             ttl_ms = None if slot.expires_at is None else max(1, int((slot.expires_at - now) * 1000))
             return Inspected(slot.body, tuple(slot.tags), ttl_ms)
 

@@ -1103,15 +1103,12 @@ class YokedCache:
         plan: Callable[[Any, float], StorePlan | None] | None = None,
         lock: float | None = None,
         vouched: bool = True,
-        prepare: Callable[[ReadFrame], None] | None = None,
     ) -> Any:
         """Compute a missing value for ``key`` with ``produce`` and store it (see the note above).
 
         ``plan(value, seconds)`` says how to store a result (``StorePlan``) or ``None`` to not store it.
         ``vouched=False``: the inputs may predate the tokens (e.g. objects already loaded in a session), so
         the value is returned to this caller only: neither stored nor shared with concurrent callers.
-        ``prepare(frame)`` runs in the read frame just before ``produce``, to make it answer for data the
-        computation may use without a read the frame would see.
         """
         called_at = time.monotonic()
 
@@ -1119,9 +1116,8 @@ class YokedCache:
             tokens = await self.capture_tokens(tags, key) if vouched else None
             clock = time.perf_counter()
             with reads_of(self, key) as reads:  # the tables its SQL reads become tags of the value
-                if prepare is not None:
-                    prepare(reads)
                 value = await produce()
+                reads.add(tags, tokens)  # an outer computation depends on this value's own tags too
             seconds = time.perf_counter() - clock
             all_tags, all_tokens = reads.merge_into(tags, tokens)
             planned = plan(value, seconds) if plan is not None else StorePlan(value, ttl)
@@ -1139,7 +1135,7 @@ class YokedCache:
                 started_at = -math.inf
             return value, started_at, proven_at if fresh else None
 
-        async def run() -> tuple[Any, float, float | None]:
+        async def attempt() -> tuple[Any, float, float | None]:
             started_at = time.monotonic()
             if lock is None:
                 return await compute(started_at)
@@ -1163,13 +1159,19 @@ class YokedCache:
                     return found.value, started_at, checked_at  # type: ignore[union-attr]
                 pause = min(LOCK_BACKOFF_MAX, pause * 2 or 0.002)
 
+        async def run() -> tuple[Any, float, float | None, ReadFrame]:
+            with reads_of(self, key) as shared:  # everything the result depends on, for joiners
+                return (*(await attempt()), shared)
+
         if not single_flight or not vouched:
-            return (await run())[0]
+            return (await attempt())[0]
         full = self.full_key(key)
         while True:
-            (value, started_at, proven_at), joined = await self.flights.arun(full, run)
-            if not joined or started_at >= called_at or (proven_at is not None and proven_at >= called_at):
+            (value, started_at, proven_at, shared), joined = await self.flights.arun(full, run)
+            if not joined:
                 return value
+            if started_at >= called_at or (proven_at is not None and proven_at >= called_at):
+                return _joined(value, shared)
 
     def fill_sync(
         self,
@@ -1183,7 +1185,6 @@ class YokedCache:
         plan: Callable[[Any, float], StorePlan | None] | None = None,
         lock: float | None = None,
         vouched: bool = True,
-        prepare: Callable[[ReadFrame], None] | None = None,
     ) -> Any:
         """Sync twin of ``fill``: concurrent threads missing one key share one ``produce`` call."""
         called_at = time.monotonic()
@@ -1192,9 +1193,8 @@ class YokedCache:
             tokens = self.capture_tokens_sync(tags, key) if vouched else None
             clock = time.perf_counter()
             with reads_of(self, key) as reads:
-                if prepare is not None:
-                    prepare(reads)
                 value = produce()
+                reads.add(tags, tokens)
             seconds = time.perf_counter() - clock
             all_tags, all_tokens = reads.merge_into(tags, tokens)
             planned = plan(value, seconds) if plan is not None else StorePlan(value, ttl)
@@ -1212,7 +1212,7 @@ class YokedCache:
                 started_at = -math.inf
             return value, started_at, proven_at if fresh else None
 
-        def run() -> tuple[Any, float, float | None]:
+        def attempt() -> tuple[Any, float, float | None]:
             started_at = time.monotonic()
             if lock is None:
                 return compute(started_at)
@@ -1236,13 +1236,19 @@ class YokedCache:
                     return found.value, started_at, checked_at  # type: ignore[union-attr]
                 pause = min(LOCK_BACKOFF_MAX, pause * 2 or 0.002)
 
+        def run() -> tuple[Any, float, float | None, ReadFrame]:
+            with reads_of(self, key) as shared:
+                return (*attempt(), shared)
+
         if not single_flight or not vouched:
-            return run()[0]
+            return attempt()[0]
         full = self.full_key(key)
         while True:
-            (value, started_at, proven_at), joined = self.flights.run(full, run)
-            if not joined or started_at >= called_at or (proven_at is not None and proven_at >= called_at):
+            (value, started_at, proven_at, shared), joined = self.flights.run(full, run)
+            if not joined:
                 return value
+            if started_at >= called_at or (proven_at is not None and proven_at >= called_at):
+                return _joined(value, shared)
 
     def keep_task(self, task: asyncio.Future[Any]) -> None:
         """Hold a background task until it finishes (cancelled by ``disconnect``)."""
@@ -1519,6 +1525,15 @@ class StorePlan(NamedTuple):
     value: Any
     ttl: float | None = None
     fresh_for: float | None = None
+
+
+def _joined(value: Any, shared: ReadFrame) -> Any:
+    """A joiner's copy of a shared result: the computation read it in its leader's context, so a computation
+    the joiner is itself part of must learn what the result depends on."""
+    outer = current_frame()
+    if outer is not None:
+        outer.absorb(shared)
+    return value
 
 
 def _still_fresh(found: Opened | None) -> bool:

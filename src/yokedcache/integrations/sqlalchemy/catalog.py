@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import MetaData
 from sqlalchemy.orm import mapperlib
 from sqlalchemy.sql.schema import Table
+from sqlalchemy.sql.selectable import TableClause
 
 _QUOTES = re.compile(r'["`\[\]]')
 _CASCADING = frozenset({"CASCADE", "SET NULL", "SET DEFAULT"})
@@ -46,6 +47,12 @@ def remember_metadata(tables: Iterable[Table]) -> None:
     for table in tables:
         if table.metadata not in _extra_metadata:
             _extra_metadata.add(table.metadata)
+
+
+def name_only_tags(table: TableClause) -> tuple[str, ...]:
+    """A table in no MetaData (``table("x", ...)``) is unknown to every catalog, so a write to it, raw or
+    Core, is matched by its bare lower-case name (``Catalog.resolve``): its reads and writes carry it too."""
+    return () if isinstance(table, Table) else (table.name.lower(),)
 
 
 @dataclass
@@ -85,13 +92,13 @@ class Catalog:
         return found
 
     def resolve(self, spelled: str) -> set[str]:
-        """Fullnames for one table name as written. An unknown name gives itself and its bare name: reads
-        of a table known only by name (``table("x")``) are tagged with its bare lower-case name too
-        (``statements.tables_read_by``), however they or this write qualify or capitalise it."""
+        """Fullnames for one table name as written, plus its bare lower-case name: reads of a table known
+        only by name (``table("x")``) carry that name too (``name_only_tags``), however they or
+        this write qualify or capitalise it, and even when a known table shares the name."""
         name = _QUOTES.sub("", spelled).lower()
         bare = name.rpartition(".")[2]
         known = self.by_name.get(name) or self.by_name.get(bare)
-        return set(known) if known else {name, bare}
+        return (set(known) if known else {name}) | {bare}
 
     def tables_in_fragment(self, sql: str) -> set[str] | None:
         """Tables a ``text()`` fragment of a SELECT reads; ``None`` if it reads an unknown one."""

@@ -35,7 +35,7 @@ from sqlalchemy.sql.schema import Column, Table
 from sqlalchemy.sql.selectable import TableClause
 from sqlalchemy.util import immutabledict
 
-from .catalog import catalog, remember_metadata
+from .catalog import catalog, name_only_tags, remember_metadata
 
 FORMAT = "yc-sql-1"  # bump when the payload or key layout changes: old entries then never match
 MAX_SHAPES = 2000  # per dialect
@@ -295,9 +295,8 @@ def _tables_of(compiled: Any, statement: Any) -> tuple[set[TableClause], frozens
             texts.append(element.text)
     remember_metadata(t for t in tables if isinstance(t, Table))
     names = {t.fullname for t in tables}
-    # A table in no MetaData is unknown to every catalog, so a raw write to it is matched by its bare
-    # lower-case name (Catalog.resolve), which its reads are therefore tagged with too.
-    names |= {t.name.lower() for t in tables if not isinstance(t, Table)}
+    for table in tables:
+        names.update(name_only_tags(table))
     for text in texts:
         in_text = catalog().tables_in_fragment(text)
         if in_text is None:

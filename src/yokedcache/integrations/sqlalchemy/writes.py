@@ -43,7 +43,7 @@ from sqlalchemy.sql.selectable import CompoundSelect, Select
 
 from ...policy.cache import YokedCache
 from . import bridge
-from .catalog import catalog
+from .catalog import catalog, name_only_tags
 
 logger = logging.getLogger("yokedcache")
 
@@ -230,7 +230,7 @@ def written_by(context: Any, statement: str) -> set[str] | None:
         if context.isinsert or context.isupdate or context.isdelete:
             table = getattr(compiled.statement, "table", None)
             if table is not None and hasattr(table, "fullname"):
-                return {table.fullname}
+                return {table.fullname, *name_only_tags(table)}
         elif context.isddl:
             return _ddl_tables(compiled.statement)
         elif isinstance(compiled.statement, (Select, CompoundSelect)):
