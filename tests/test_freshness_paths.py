@@ -63,6 +63,21 @@ async def test_outer_value_carries_the_tags_of_an_inner_value_it_computed(cache:
     assert await outer() == 20
 
 
+async def test_outer_value_computed_from_get_many_is_retired_with_the_entries(cache: YokedCache) -> None:
+    await cache.set("a", 1, tags=["prices"])
+    await cache.set("b", 2, tags=["stock"])
+
+    @cached(cache=cache, ttl=600)
+    async def total() -> int:
+        found = await cache.get_many(["a", "b"])
+        return sum(v or 0 for v in found.values())
+
+    assert await total() == 3
+    await cache.invalidate_tags(["stock"])  # retires "b", and so the total computed from it
+    await cache.set("b", 5, tags=["stock"])
+    assert await total() == 6
+
+
 async def test_a_joiner_inside_its_own_computation_learns_what_the_shared_result_read(
     cache: YokedCache,
 ) -> None:

@@ -108,6 +108,11 @@ class Backend(ABC):
     @abstractmethod
     def inspect(self, key: str) -> Inspected | None: ...
 
+    def inspect_many(self, keys: Sequence[str]) -> list[Inspected | None]:
+        """``inspect`` of each key (reads inside a computation need what each entry recorded); backends
+        that can answer all in one request override it."""
+        return [self.inspect(key) for key in keys]
+
     @abstractmethod
     def capture_tokens(self, tags: Sequence[str]) -> list[str]:
         """Current token of each tag, creating missing ones."""
@@ -216,6 +221,9 @@ class Backend(ABC):
 
     @abstractmethod
     async def ainspect(self, key: str) -> Inspected | None: ...
+
+    async def ainspect_many(self, keys: Sequence[str]) -> list[Inspected | None]:
+        return [await self.ainspect(key) for key in keys]
 
     @abstractmethod
     async def acapture_tokens(self, tags: Sequence[str]) -> list[str]: ...

@@ -179,6 +179,12 @@ def _frame_or_tokens(found: Any) -> tuple[bytes | None, list[str] | None]:
     return _body(found), None
 
 
+def _inspected_frame(found: Any) -> Inspected | None:
+    """A GET script's answer as :class:`Inspected` (no TTL: not asked for); ``None`` for a miss."""
+    parts = _split_frame(found) if isinstance(found, bytes) else None
+    return None if parts is None else Inspected(parts[1], parts[0], None)
+
+
 def _split_frame(frame: bytes) -> tuple[tuple[tuple[str, str], ...], bytes] | None:
     """The (tag, token) pairs a stored frame recorded and its body; ``None`` for a garbled header."""
     end = frame.find(_HEADER_END)
@@ -595,6 +601,12 @@ class RedisBackend(Backend):
         return _frame_or_tokens(found)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [_body(r) if isinstance(r, bytes) else None for r in self._get_frames(keys)]
+
+    def inspect_many(self, keys: Sequence[str]) -> list[Inspected | None]:
+        return [_inspected_frame(r) for r in self._get_frames(keys)]  # the frames carry what they recorded
+
+    def _get_frames(self, keys: Sequence[str]) -> list[Any]:
         # EVALSHA straight into the pipeline: a Script object would send SCRIPT EXISTS first, doubling
         # the round trips; the script is loaded only if the server reports it missing.
         client, _ = self._sync_client()
@@ -607,7 +619,7 @@ class RedisBackend(Backend):
                 if not any(isinstance(r, _NoScriptError) for r in results):
                     break
                 client.script_load(lua.GET)
-        return [_body(r) if isinstance(r, bytes) else None for r in results]
+        return list(results)
 
     def inspect(self, key: str) -> Inspected | None:
         _, scripts = self._sync_client()
@@ -859,6 +871,9 @@ class RedisBackend(Backend):
     async def aget_many(self, keys: Sequence[str]) -> list[bytes | None]:
         frames = await self._aget_frames(keys)
         return [_body(r) if isinstance(r, bytes) else None for r in frames]
+
+    async def ainspect_many(self, keys: Sequence[str]) -> list[Inspected | None]:
+        return [_inspected_frame(r) for r in await self._aget_frames(keys)]
 
     async def _aget_frames(self, keys: Sequence[str]) -> list[Any]:
         """One pipeline of GET scripts (EVALSHA straight in; loaded only if the server lacks it)."""

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
-from ..backends.base import Backend, new_token
+from ..backends.base import Backend, Inspected, new_token
 from ..backends.memory import MemoryBackend
 from ..codec.envelope import Opened, open_envelope, peek, seal
 from ..config import CacheConfig, jittered_ttl_ms
@@ -465,6 +465,10 @@ class YokedCache:
             body: bytes | None = yield backend, "get", (full,)
             return body
         found = yield backend, "inspect", (full,)
+        return self._depend_on(frame, backend, found)
+
+    def _depend_on(self, frame: ReadFrame, backend: Backend, found: Inspected | None) -> bytes | None:
+        """Add what a live entry read inside ``frame`` recorded to it; the entry's body."""
         if found is None:
             return None
         if found.recorded:
@@ -544,15 +548,14 @@ class YokedCache:
         for _, backend, full in located:
             by_backend.setdefault(backend, []).append(full)
         bodies: dict[str, bytes | None] = {}
-        framed = current_frame() is not None
+        frame = current_frame()
         for backend, fulls in by_backend.items():
             try:
-                if framed:  # each entry's recorded tokens join the computation's frame
-                    found = []
-                    for full in fulls:
-                        found.append((yield from self._op_body(backend, full)))
-                else:
+                if frame is None:
                     found = yield backend, "get_many", (fulls,)
+                else:  # each entry's recorded tokens join the computation's frame
+                    inspected = yield backend, "inspect_many", (fulls,)
+                    found = [self._depend_on(frame, backend, entry) for entry in inspected]
             except CacheConnectionError as exc:
                 if len(by_backend) == 1:
                     raise
