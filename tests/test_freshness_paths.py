@@ -63,6 +63,32 @@ async def test_outer_value_carries_the_tags_of_an_inner_value_it_computed(cache:
     assert await outer() == 20
 
 
+def test_outer_value_over_an_inner_value_of_an_orm_object_is_stored_and_retired(env: Env) -> None:
+    """An inner value computed from an ORM object is never stored (the object may predate its tokens), but
+    the outer computation loaded that object itself, so the outer value is stored, and retired with it."""
+    computed: list[int] = []
+
+    @cached(cache=env.cache, ttl=600, tags="shouting")
+    def shout(author: Author) -> str:
+        return author.name.upper()
+
+    @cached(cache=env.cache, ttl=600)
+    def page(author_id: int) -> str:
+        computed.append(author_id)
+        with env.plain() as session:
+            return "page of " + shout(session.get(Author, author_id))  # type: ignore[arg-type]
+
+    assert page(1) == page(1) == "page of ADA"
+    assert computed == [1]  # the outer value was stored
+    env.cache.invalidate_tags_sync("shouting")  # the inner value's own tag reaches the outer one
+    assert page(1) == "page of ADA"
+    assert computed == [1, 1]
+    with env.session() as writer:
+        writer.get(Author, 1).name = "al"  # type: ignore[union-attr]
+        writer.commit()
+    assert page(1) == "page of AL"  # and so does the table it read
+
+
 async def test_outer_value_computed_from_get_many_is_retired_with_the_entries(cache: YokedCache) -> None:
     await cache.set("a", 1, tags=["prices"])
     await cache.set("b", 2, tags=["stock"])
@@ -256,7 +282,7 @@ def test_a_raw_write_also_retires_name_only_reads_sharing_a_known_tables_name() 
     assert read_tags <= written  # ...and the name-only reads of the same name
 
 
-def test_a_memory_entry_read_inside_a_computation_counts_as_used() -> None:
+def test_a_memory_entry_read_inside_a_computation_counts_as_used_and_a_metadata_call_does_not() -> None:
     cache = YokedCache(memory_max_size=3)  # the memory backend evicts the least recently used entry
 
     @cached(cache=cache, ttl=600)
@@ -265,7 +291,8 @@ def test_a_memory_entry_read_inside_a_computation_counts_as_used() -> None:
 
     cache.set_sync("hot", 1, tags=["t"])
     cache.set_sync("cold", 2, tags=["t"])
-    assert reads_hot() == 1  # "hot" is read inside the computation, whose value takes the third slot...
-    cache.set_sync("new", 3)  # ...so the least recently used is "cold", not "hot"
-    assert cache.get_sync("hot") == 1
+    assert reads_hot() == 1  # a read inside a computation is a use; the computed value takes the third slot
+    cache.get_meta_sync("cold")  # looking at an entry's metadata is not
+    cache.set_sync("new", 3)  # so the least recently used, evicted now, is "cold"
     assert cache.get_sync("cold") is None
+    assert cache.get_sync("hot") == 1

@@ -108,10 +108,14 @@ class Backend(ABC):
     @abstractmethod
     def inspect(self, key: str) -> Inspected | None: ...
 
-    def inspect_many(self, keys: Sequence[str]) -> list[Inspected | None]:
-        """``inspect`` of each key (reads inside a computation need what each entry recorded); backends
-        that can answer all in one request override it."""
-        return [self.inspect(key) for key in keys]
+    def read_recorded(self, key: str) -> Inspected | None:
+        """A read made inside a computation, which needs what the entry recorded: ``inspect``, counted as
+        a use where the backend keeps recency (``inspect`` itself serves metadata calls and is not)."""
+        return self.inspect(key)
+
+    def read_recorded_many(self, keys: Sequence[str]) -> list[Inspected | None]:
+        """``read_recorded`` of each key; backends that can answer all in one request override it."""
+        return [self.read_recorded(key) for key in keys]
 
     @abstractmethod
     def capture_tokens(self, tags: Sequence[str]) -> list[str]:
@@ -222,8 +226,11 @@ class Backend(ABC):
     @abstractmethod
     async def ainspect(self, key: str) -> Inspected | None: ...
 
-    async def ainspect_many(self, keys: Sequence[str]) -> list[Inspected | None]:
-        return [await self.ainspect(key) for key in keys]
+    async def aread_recorded(self, key: str) -> Inspected | None:
+        return await self.ainspect(key)
+
+    async def aread_recorded_many(self, keys: Sequence[str]) -> list[Inspected | None]:
+        return [await self.aread_recorded(key) for key in keys]
 
     @abstractmethod
     async def acapture_tokens(self, tags: Sequence[str]) -> list[str]: ...
@@ -294,6 +301,9 @@ class InProcessBackend(Backend):
 
     async def ainspect(self, key: str) -> Inspected | None:
         return self.inspect(key)
+
+    async def aread_recorded(self, key: str) -> Inspected | None:
+        return self.read_recorded(key)
 
     async def acapture_tokens(self, tags: Sequence[str]) -> list[str]:
         return self.capture_tokens(tags)

@@ -122,9 +122,16 @@ class MemoryBackend(InProcessBackend):
             slot = self._live(key, now)
             if slot is None:
                 return None
-            self._entries.move_to_end(key)  # a read inside a computation is a use, as get() is
             ttl_ms = None if slot.expires_at is None else max(1, int((slot.expires_at - now) * 1000))
             return Inspected(slot.body, tuple(slot.tags), ttl_ms)
+
+    def read_recorded(self, key: str) -> Inspected | None:
+        found = self.inspect(key)
+        if found is not None:
+            with self._lock:
+                if key in self._entries:
+                    self._entries.move_to_end(key)  # a read inside a computation is a use, as get() is
+        return found
 
     def capture_tokens(self, tags: Sequence[str]) -> list[str]:
         with self._lock:

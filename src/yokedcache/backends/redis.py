@@ -603,7 +603,7 @@ class RedisBackend(Backend):
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return [_body(r) if isinstance(r, bytes) else None for r in self._get_frames(keys)]
 
-    def inspect_many(self, keys: Sequence[str]) -> list[Inspected | None]:
+    def read_recorded_many(self, keys: Sequence[str]) -> list[Inspected | None]:
         return [_inspected_frame(r) for r in self._get_frames(keys)]  # the frames carry what they recorded
 
     def _get_frames(self, keys: Sequence[str]) -> list[Any]:
@@ -872,7 +872,7 @@ class RedisBackend(Backend):
         frames = await self._aget_frames(keys)
         return [_body(r) if isinstance(r, bytes) else None for r in frames]
 
-    async def ainspect_many(self, keys: Sequence[str]) -> list[Inspected | None]:
+    async def aread_recorded_many(self, keys: Sequence[str]) -> list[Inspected | None]:
         return [_inspected_frame(r) for r in await self._aget_frames(keys)]
 
     async def _aget_frames(self, keys: Sequence[str]) -> list[Any]:

@@ -459,12 +459,12 @@ class YokedCache:
         """The stored body of ``full``. Inside a computation (a read frame is open), the entry's value
         becomes part of the computed one, so the (tag, token) pairs it recorded join the frame: the
         computed value is then stored only while they are current, and retired with the entry. Still
-        one request: ``inspect`` returns the body and its recorded pairs together."""
+        one request: ``read_recorded`` returns the body and its recorded pairs together."""
         frame = current_frame()
         if frame is None:
             body: bytes | None = yield backend, "get", (full,)
             return body
-        found = yield backend, "inspect", (full,)
+        found = yield backend, "read_recorded", (full,)
         return self._depend_on(frame, backend, found)
 
     def _depend_on(self, frame: ReadFrame, backend: Backend, found: Inspected | None) -> bytes | None:
@@ -554,7 +554,7 @@ class YokedCache:
                 if frame is None:
                     found = yield backend, "get_many", (fulls,)
                 else:  # each entry's recorded tokens join the computation's frame
-                    inspected = yield backend, "inspect_many", (fulls,)
+                    inspected = yield backend, "read_recorded_many", (fulls,)
                     found = [self._depend_on(frame, backend, entry) for entry in inspected]
             except CacheConnectionError as exc:
                 if len(by_backend) == 1:
@@ -1117,10 +1117,15 @@ class YokedCache:
 
         async def compute(started_at: float) -> tuple[Any, float, float | None]:
             tokens = await self.capture_tokens(tags, key) if vouched else None
+            # A computation around this one depends on this value's own tags too. It needs their tokens
+            # even when this value will not be stored (``vouched=False``): its own reads answer for it.
+            outer = current_frame()
+            own = tokens if vouched or outer is None else await self.capture_tokens(tags, key)
             clock = time.perf_counter()
             with reads_of(self, key) as reads:  # the tables its SQL reads become tags of the value
                 value = await produce()
-                reads.add(tags, tokens)  # an outer computation depends on this value's own tags too
+                if vouched or outer is not None:
+                    reads.add(tags, own)
             seconds = time.perf_counter() - clock
             all_tags, all_tokens = reads.merge_into(tags, tokens)
             planned = plan(value, seconds) if plan is not None else StorePlan(value, ttl)
@@ -1194,10 +1199,13 @@ class YokedCache:
 
         def compute(started_at: float) -> tuple[Any, float, float | None]:
             tokens = self.capture_tokens_sync(tags, key) if vouched else None
+            outer = current_frame()
+            own = tokens if vouched or outer is None else self.capture_tokens_sync(tags, key)
             clock = time.perf_counter()
             with reads_of(self, key) as reads:
                 value = produce()
-                reads.add(tags, tokens)
+                if vouched or outer is not None:
+                    reads.add(tags, own)
             seconds = time.perf_counter() - clock
             all_tags, all_tokens = reads.merge_into(tags, tokens)
             planned = plan(value, seconds) if plan is not None else StorePlan(value, ttl)
