@@ -24,6 +24,11 @@ Every number on this page was measured by the scripts in `benchmarks/` and writt
 process (so a busy neighbour slows all of them alike) and each figure is the median round. A ratio is
 yokedcache's throughput divided by the reference's: above 1, yokedcache is faster.
 
+The machine is a shared virtual one. Alternating rounds cancel a neighbour's steady load, not its bursts:
+ratios of the Redis scenarios, where a hit is a fraction of a millisecond, move by several hundredths
+between back-to-back runs of the same code, and absolute times by much more from one hour to the next.
+Read a ratio a few hundredths from its target as "at the target".
+
 Re-run them with `make bench` (Redis on `127.0.0.1:6379` and PostgreSQL on `127.0.0.1:5432` for the
 database benchmarks).
 
