@@ -152,6 +152,29 @@ def test_cached_dependency_does_not_store_a_value_from_older_session_state(env: 
         assert dependency(1, db) == "al"
 
 
+@pytest.mark.parametrize("inner_first", [False, True], ids=["dependency-miss", "dependency-hit"])
+async def test_a_cached_dependency_value_used_inside_a_computation_passes_on_its_tags(
+    cache: YokedCache, inner_first: bool
+) -> None:
+    flags = {"new_editor": False}
+
+    def feature_flags(tenant: str) -> dict[str, bool]:
+        return dict(flags)
+
+    cached_flags = cached_dependency(feature_flags, cache=cache, ttl=600, tags="flags")
+
+    @cached(cache=cache, ttl=600)
+    async def page(tenant: str) -> str:  # stands for a response cached around the dependency
+        return "new editor" if cached_flags(tenant)["new_editor"] else "old editor"
+
+    if inner_first:
+        assert cached_flags("acme") == {"new_editor": False}  # the dependency value is cached first
+    assert await page("acme") == "old editor"
+    flags["new_editor"] = True
+    await cache.invalidate_tags("flags")
+    assert await page("acme") == "new editor"
+
+
 # --- an invalidation the shared backend missed still hides this process's in-memory entries ---------------
 
 

@@ -28,14 +28,14 @@ import functools
 import inspect
 import sys
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Sequence
 from typing import Any
 
 from ..config import effective_table_settings
 from ..exceptions import CacheKeyError
 from ..keys import normalize_tags
 from ..policy.cache import MISSING, YokedCache, get_default_cache
-from ..policy.reads import reads_of
+from ..policy.reads import ReadFrame, current_frame, reads_of
 from .arguments import KeyBuilder
 from .sqlalchemy import inputs_predate
 
@@ -204,6 +204,16 @@ def _vouched(tokens: list[str] | None, args: Any, kwargs: Any, since_ns: int) ->
     return None if inputs_predate((*args, *kwargs.values()), since_ns) else tokens
 
 
+def _enclosing_depends_on(cache: YokedCache, key: str, tags: Sequence[str], tokens: list[str] | None) -> None:
+    """A computation this dependency ran inside (an HTTP-cached response) depends on the value's own tags
+    too; their tokens were captured before the value was computed."""
+    outer = current_frame()
+    if outer is not None and tags:
+        own = ReadFrame(cache, key)
+        own.add(tags, tokens)
+        outer.absorb(own)
+
+
 def _sync_generator(spec: _Spec) -> Callable[..., Generator[Any, Any, Any]]:
     def wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         cache = spec.resolve_cache()
@@ -232,6 +242,7 @@ def _sync_generator(spec: _Spec) -> Callable[..., Generator[Any, Any, Any]]:
         assert key is not None
         all_tags, all_tokens = reads.merge_into(tags, _vouched(tokens, args, kwargs, since))
         cache.store_computed_sync(key, first, all_tokens, all_tags, ttl=ttl)
+        _enclosing_depends_on(cache, key, tags, tokens)
         return (yield from _forward(gen, first))
 
     return wrapper
@@ -262,6 +273,7 @@ def _async_generator(spec: _Spec) -> Callable[..., AsyncGenerator[Any, Any]]:
             assert key is not None
             all_tags, all_tokens = reads.merge_into(tags, _vouched(tokens, args, kwargs, since))
             await cache.store_computed(key, first, all_tokens, all_tags, ttl=ttl)
+            _enclosing_depends_on(cache, key, tags, tokens)
         try:
             to_yield = first
             while True:  # the async twin of _forward: async generators cannot ``yield from``
@@ -306,6 +318,7 @@ def _sync_function(spec: _Spec) -> Callable[..., Any]:
         assert key is not None
         all_tags, all_tokens = reads.merge_into(tags, _vouched(tokens, args, kwargs, since))
         cache.store_computed_sync(key, value, all_tokens, all_tags, ttl=ttl)
+        _enclosing_depends_on(cache, key, tags, tokens)
         return value
 
     return wrapper
@@ -330,6 +343,7 @@ def _async_function(spec: _Spec) -> Callable[..., Any]:
         assert key is not None
         all_tags, all_tokens = reads.merge_into(tags, _vouched(tokens, args, kwargs, since))
         await cache.store_computed(key, value, all_tokens, all_tags, ttl=ttl)
+        _enclosing_depends_on(cache, key, tags, tokens)
         return value
 
     return wrapper

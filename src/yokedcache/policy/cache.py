@@ -942,12 +942,21 @@ class YokedCache:
         return self._run(self._op_capture_tokens(key, tags), None)
 
     async def get_or_capture(
-        self, key: str, tags: Sequence[str], default: Any = None
+        self, key: str, tags: Sequence[str], default: Any = None, *, tell_frame: bool = True
     ) -> tuple[Any, list[str] | None]:
         """``(value, None)`` for a live entry; on a miss ``(default, tokens)``: the current tokens of
         ``tags``, read before the caller computes the value it will hand to :meth:`store_computed`. On
         Redis both come from one request, so a miss costs no extra round trip. ``tokens`` is ``None`` when
-        they could not be read (the value must then not be stored)."""
+        they could not be read (the value must then not be stored).
+
+        Inside a computation, a hit adds what its entry recorded to the computation's frame, as ``get``
+        does (a miss then captures in a second request); ``tell_frame=False`` is for callers that record
+        their reads themselves (the SQL cache)."""
+        if tell_frame and current_frame() is not None:
+            value = await self._arun(self._op_get(key, _MISSING), _MISSING)
+            if value is not _MISSING:
+                return value, None
+            return default, await self.capture_tokens(tags, key)
         backend, full = self._full(key)
         try:
             body, tokens = await self._acall((backend, "get_or_capture", (full, tags)))
@@ -965,8 +974,13 @@ class YokedCache:
         return value, None
 
     def get_or_capture_sync(
-        self, key: str, tags: Sequence[str], default: Any = None
+        self, key: str, tags: Sequence[str], default: Any = None, *, tell_frame: bool = True
     ) -> tuple[Any, list[str] | None]:
+        if tell_frame and current_frame() is not None:
+            value = self._run(self._op_get(key, _MISSING), _MISSING)
+            if value is not _MISSING:
+                return value, None
+            return default, self.capture_tokens_sync(tags, key)
         backend, full = self._full(key)
         try:
             body, tokens = self._call((backend, "get_or_capture", (full, tags)))

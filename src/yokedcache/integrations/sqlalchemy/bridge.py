@@ -29,9 +29,10 @@ def cache_get(cache: YokedCache, key: str, default: Any) -> Any:
 def cache_get_or_capture(
     cache: YokedCache, key: str, tags: Sequence[str], default: Any
 ) -> tuple[Any, list[str] | None]:
+    # the SQL cache records its reads in an enclosing computation itself (reads.record_read)
     if _in_greenlet():
-        return _await(cache.get_or_capture(key, tags, default))
-    return cache.get_or_capture_sync(key, tags, default)
+        return _await(cache.get_or_capture(key, tags, default, tell_frame=False))
+    return cache.get_or_capture_sync(key, tags, default, tell_frame=False)
 
 
 def capture_tokens(cache: YokedCache, tags: Sequence[str], key: str) -> list[str] | None:
