@@ -639,6 +639,17 @@ class YokedCache:
         tokens: list[str] = yield backend, "capture_tokens", (tags,)
         return tokens
 
+    def _op_get_in_frame(
+        self, key: str, tags: Sequence[str], default: Any
+    ) -> Op[tuple[Any, list[str] | None]]:
+        """``get_or_capture`` inside a computation: a hit reads through the frame (``_op_get``), so a miss
+        captures its tokens in a second request."""
+        value = yield from self._op_get(key, _MISSING)
+        if value is not _MISSING:
+            return value, None
+        tokens = (yield from self._op_capture_tokens(key, tags)) if tags else []
+        return default, tokens
+
     def _op_store_computed(
         self,
         key: str,
@@ -953,10 +964,7 @@ class YokedCache:
         does (a miss then captures in a second request); ``tell_frame=False`` is for callers that record
         their reads themselves (the SQL cache)."""
         if tell_frame and current_frame() is not None:
-            value = await self._arun(self._op_get(key, _MISSING), _MISSING)
-            if value is not _MISSING:
-                return value, None
-            return default, await self.capture_tokens(tags, key)
+            return await self._arun(self._op_get_in_frame(key, tags, default), (default, None))
         backend, full = self._full(key)
         try:
             body, tokens = await self._acall((backend, "get_or_capture", (full, tags)))
@@ -977,10 +985,7 @@ class YokedCache:
         self, key: str, tags: Sequence[str], default: Any = None, *, tell_frame: bool = True
     ) -> tuple[Any, list[str] | None]:
         if tell_frame and current_frame() is not None:
-            value = self._run(self._op_get(key, _MISSING), _MISSING)
-            if value is not _MISSING:
-                return value, None
-            return default, self.capture_tokens_sync(tags, key)
+            return self._run(self._op_get_in_frame(key, tags, default), (default, None))
         backend, full = self._full(key)
         try:
             body, tokens = self._call((backend, "get_or_capture", (full, tags)))
