@@ -39,9 +39,7 @@ class AsyncEnv:
         return cache_queries(AsyncSession(self.engine), cache=self.cache)
 
     def sql(self) -> int:
-        count = self.statements.count()
-        self.statements.reset()
-        return count
+        return self.statements.take()
 
 
 @pytest.fixture(params=["aiosqlite+memory", "asyncpg+redis"])

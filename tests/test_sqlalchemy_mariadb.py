@@ -48,9 +48,7 @@ class MariaEnv:
         return cache_queries(Session(self.engine), cache=self.cache)
 
     def sql(self) -> int:
-        count = self.statements.count()
-        self.statements.reset()
-        return count
+        return self.statements.take()
 
 
 @pytest.fixture

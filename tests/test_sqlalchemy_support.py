@@ -196,6 +196,12 @@ class Statements:
     def reset(self) -> None:
         self.seen.clear()
 
+    def take(self) -> int:
+        """Statements sent since the last call (and start counting again)."""
+        count = len(self.seen)
+        self.seen.clear()
+        return count
+
 
 @dataclass
 class Env:
@@ -216,9 +222,7 @@ class Env:
 
     def sql(self) -> int:
         """Statements sent since the last call (and reset the count)."""
-        count = self.statements.count()
-        self.statements.reset()
-        return count
+        return self.statements.take()
 
 
 def make_cache(backend: str, prefix: str, request: pytest.FixtureRequest, **options: Any) -> YokedCache:
