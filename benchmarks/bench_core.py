@@ -26,7 +26,7 @@ import redis
 import redis.asyncio as aredis
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import compare_async, compare_sync, print_scenarios, ratio, save
+from harness import compare_async, compare_sync, print_scenarios, save, scenario
 
 from yokedcache import YokedCache
 
@@ -34,20 +34,6 @@ REDIS = os.environ.get("YOKEDCACHE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"
 VALUE = {f"field_{i:02d}": f"value {i} " + "x" * 24 for i in range(25)}  # ~1 KB as JSON
 QUICK = "--quick" in sys.argv
 OPS, ROUNDS = (300, 5) if QUICK else (2000, 9)
-
-
-def scenario(
-    name: str, medians: dict[str, float], ours: str, ref: str, target: float | None, **extra: Any
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "median_us": medians,
-        "ours": ours,
-        "reference": ref,
-        "ratio": ratio(medians[ours], medians[ref]),
-        "target": target,
-        **extra,
-    }
 
 
 async def redis_hit() -> dict[str, Any]:

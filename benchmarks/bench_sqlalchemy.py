@@ -71,7 +71,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.util import immutabledict
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import compare_sync, print_scenarios, ratio, save
+from harness import compare_sync, print_scenarios, ratio, save, scenario
 
 from yokedcache import YokedCache
 from yokedcache.integrations.dependencies import cached_dependency
@@ -338,19 +338,14 @@ def scenario_hit(bench: Bench, name: str, read: Callable[[int], Any]) -> dict[st
     )
     misses = cache.get_stats_sync().cache_misses - before.cache_misses
     counts = hits_are_one_round_trip(bench, read, ids[:50])
-    result: dict[str, Any] = {
-        "name": name,
-        "median_us": medians,
-        "ours": ours,
-        "reference": ref,
-        "ratio": ratio(medians[ours], medians[ref]),
-        "target": 5.0,
-        "round_trips": counts["round_trips"],
-        "server_commands_per_hit": counts["server_commands"],
-        "sql_statements_on_hits": counts["sql_statements"],
-        "connection_checkouts_on_hits": counts["connection_checkouts"],
-        "misses_while_timing": misses,
-    }
+    result = scenario(
+        name, medians, ours, ref, 5.0,
+        round_trips=counts["round_trips"],
+        server_commands_per_hit=counts["server_commands"],
+        sql_statements_on_hits=counts["sql_statements"],
+        connection_checkouts_on_hits=counts["connection_checkouts"],
+        misses_while_timing=misses,
+    )
     result["pass"] = bool(result["ratio"] >= 5.0 and counts["ok"] and misses == 0)
     result["note"] = (
         f"{counts['hits_counted']} hits counted one by one: {counts['round_trips']} round trip each, "
@@ -377,15 +372,8 @@ def scenario_same_session(bench: Bench) -> dict[str, Any]:
     )
     cached_session.close()
     plain_session.close()
-    return {
-        "name": "query_hit_same_session",
-        "median_us": medians,
-        "ours": ours,
-        "reference": ref,
-        "ratio": ratio(medians[ours], medians[ref]),
-        "target": None,
-        "note": "informative: one session reused for every query on each side, objects in its identity map",
-    }
+    note = "informative: one session reused for every query on each side, objects in its identity map"
+    return scenario("query_hit_same_session", medians, ours, ref, None, note=note)
 
 
 class BoundSession(Session):
@@ -426,19 +414,11 @@ def scenario_bound(bench: Bench) -> dict[str, Any]:
         }
     )
     best = ratio(medians[floor], medians[ref])
-    return {
-        "name": "query_hit_bound",
-        "median_us": medians,
-        "ours": ours,
-        "reference": ref,
-        "ratio": ratio(medians[ours], medians[ref]),
-        "target": None,
-        "best_possible_ratio": best,
-        "note": (
-            f"informative: a session doing only the unavoidable part of a one-round-trip hit reaches {best}x "
-            f"the plain session here; yokedcache's hit reaches {ratio(medians[ours], medians[ref])}x"
-        ),
-    }
+    note = (
+        f"informative: a session doing only the unavoidable part of a one-round-trip hit reaches {best}x "
+        f"the plain session here; yokedcache's hit reaches {ratio(medians[ours], medians[ref])}x"
+    )
+    return scenario("query_hit_bound", medians, ours, ref, None, best_possible_ratio=best, note=note)
 
 
 def scenario_miss(bench: Bench) -> dict[str, Any]:
@@ -468,18 +448,13 @@ def scenario_miss(bench: Bench) -> dict[str, Any]:
     hits = cache.get_stats_sync().cache_hits - before.cache_hits
     with bench.counted() as window:
         cached_read(bench.engine, cache, next(fresh))
-    result: dict[str, Any] = {
-        "name": "query_miss",
-        "median_us": medians,
-        "ours": ours,
-        "reference": ref,
-        "ratio": ratio(medians[ours], medians[ref]),
-        "target": 0.77,
-        "round_trips": window["replies"],
-        "requests": window["requests"],
-        "server_commands_per_miss": window["server"],
-        "hits_while_timing": hits,
-    }
+    result = scenario(
+        "query_miss", medians, ours, ref, 0.77,
+        round_trips=window["replies"],
+        requests=window["requests"],
+        server_commands_per_miss=window["server"],
+        hits_while_timing=hits,
+    )
     result["pass"] = bool(result["ratio"] >= 0.77 and hits == 0)
     result["best_possible_ratio"] = ratio(medians[floor], medians[ref])
     slower = medians[ours] / medians[ref]

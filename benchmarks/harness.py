@@ -87,6 +87,21 @@ def ratio(ours_us: float, theirs_us: float) -> float:
     return round(theirs_us / ours_us, 3) if ours_us else 0.0
 
 
+def scenario(
+    name: str, medians: dict[str, float], ours: str, ref: str, target: float | None, **extra: Any
+) -> dict[str, Any]:
+    """One scenario's result: its medians and the ratio of ours to the reference, against its target."""
+    return {
+        "name": name,
+        "median_us": medians,
+        "ours": ours,
+        "reference": ref,
+        "ratio": ratio(medians[ours], medians[ref]),
+        "target": target,
+        **extra,
+    }
+
+
 def save(name: str, scenarios: list[dict[str, Any]]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
